@@ -1,0 +1,108 @@
+"""tf.data input pipelines for ocjax.
+
+The contract every dataset here keeps (see ../shared/DESIGN.md):
+
+* A batch is a dict of NumPy arrays:
+    - images: ``image`` float32 in [0, 1], ``[B, H, W, 3]``;
+    - videos: ``video`` float32 in [0, 1], ``[B, T, H, W, 3]``;
+    - optional ground truth ``segmentation`` int32 ``[B, (T,) H, W]`` with
+      0 = background and object ids 1..N (track ids, stable over time).
+* ``get_dataset(config, split, batch_size=G, seed=S, start_step=s)`` returns
+  this process's share of the *global* batch ``G``: ``G // process_count``
+  rows. The global batch at step ``s`` is the same whatever the number of
+  processes, and the stream is a pure function of ``(config, split, seed,
+  G)``: starting at ``start_step=s`` yields exactly what the stream would have
+  yielded after ``s`` batches. That is how a killed run resumes its data.
+* Training splits repeat forever (a new deterministic permutation per epoch);
+  evaluation splits (``repeat=False``) are finite and keep the last partial
+  batch, with a boolean ``valid`` field ``[B]`` marking the padding rows so
+  every batch has the same shape for jit.
+* Nothing downloads. ``config.data_dir`` names a directory with the published
+  files; when it is empty the procedural generators provide the data.
+
+Datasets are looked up by ``config.name`` in ``DATASETS``: a table of module
+names, imported on first use so that one dataset's optional dependencies do not
+burden the others. A module provides ``get_dataset(config, split, *,
+batch_size, seed, start_step, process_index, process_count, repeat)`` and
+``num_examples(config, split)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module implementing it.
+DATASETS: dict[str, str] = {
+    # Procedural, no download.
+    "sprites": "data_pipelines.sprites",
+}
+
+SPLITS = ("train", "validation", "test")
+
+
+def _module(name: str):
+  if name not in DATASETS:
+    raise ValueError(
+        f"Unknown dataset {name!r} (config field data.name). Known datasets: "
+        f"{', '.join(sorted(DATASETS))}.")
+  return importlib.import_module(DATASETS[name])
+
+
+def _check_split(split: str, allowed=SPLITS) -> None:
+  if split not in allowed:
+    raise ValueError(f"Unknown split {split!r}; expected one of {allowed}.")
+
+
+def process_shard(process_index: int | None, process_count: int | None):
+  """Returns (process_index, process_count), defaulting to JAX's."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f"process_index={process_index} outside [0, {process_count}).")
+  return process_index, process_count
+
+
+def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
+                start_step: int = 0, process_index: int | None = None,
+                process_count: int | None = None,
+                repeat: bool | None = None):
+  """Returns a `tf.data.Dataset` of this process's batches (see module doc).
+
+  Args:
+    config: the ``data`` section of an experiment config.
+    split: "train", "validation" or "test".
+    batch_size: the global batch size; must divide by ``process_count``.
+    seed: seed of the shuffling (and of procedural content where relevant).
+    start_step: number of global batches already consumed (for resuming).
+    process_index, process_count: default to ``jax.process_index()`` and
+      ``jax.process_count()``.
+    repeat: repeat forever; defaults to ``split == "train"``.
+  """
+  process_index, process_count = process_shard(process_index, process_count)
+  if batch_size % process_count:
+    raise ValueError(
+        f"Global batch size {batch_size} does not divide by the number of "
+        f"processes {process_count}.")
+  if repeat is None:
+    repeat = split == "train"
+  return _module(config.name).get_dataset(
+      config, split, batch_size=batch_size, seed=seed, start_step=start_step,
+      process_index=process_index, process_count=process_count, repeat=repeat)
+
+
+def num_examples(config: Any, split: str) -> int:
+  """Number of examples in a split."""
+  return _module(config.name).num_examples(config, split)
+
+
+def configure_tensorflow() -> None:
+  """Keeps TensorFlow off accelerators and quiet (DESIGN.md)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # Already initialised.
+    pass

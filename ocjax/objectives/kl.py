@@ -1,0 +1,46 @@
+"""KL terms: Monte-Carlo latent KL and the categorical mask KL."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ocjax.objectives import likelihood
+
+Array = jax.Array
+
+
+def monte_carlo_kl(z: Array, q_mu: Array, q_sigma: Array, p_mu: Array,
+                   p_sigma: Array) -> dict[str, Array]:
+  """Single-sample estimate ``log q(z) - log p(z)``, summed over the last axis.
+
+  This is the KL estimator of GENESIS / GENESIS-V2 (an estimate, so it can be
+  negative for one sample). Returns ``kl``, ``log_q`` and ``log_p``, each of
+  the input's shape without the last axis.
+  """
+  log_q = jnp.sum(likelihood.gaussian_log_prob(z, q_mu, q_sigma), axis=-1)
+  log_p = jnp.sum(likelihood.gaussian_log_prob(z, p_mu, p_sigma), axis=-1)
+  return dict(kl=log_q - log_p, log_q=log_q, log_p=log_p)
+
+
+def mask_kl(log_m: Array, log_pi: Array, floor: float = 1e-5) -> Array:
+  """``KL(m || pi)`` per pixel between categorical distributions over slots.
+
+  The auxiliary mask-consistency term of paper 001 Eq. (7), summed over pixels.
+  Both distributions are floored at ``floor`` and renormalised (as the official
+  implementation does) so that empty slots give finite values.
+
+  Args:
+    log_m: log attention masks ``[B, K, H, W, 1]``.
+    log_pi: log decoder masks ``[B, K, H, W, 1]`` (pass it through
+      ``stop_gradient`` for the paper's ``nograd(pi)``).
+
+  Returns:
+    ``[B]``.
+  """
+  m = jnp.maximum(jnp.exp(log_m), floor)
+  pi = jnp.maximum(jnp.exp(log_pi), floor)
+  m = m / jnp.sum(m, axis=1, keepdims=True)
+  pi = pi / jnp.sum(pi, axis=1, keepdims=True)
+  kl_pixel = jnp.sum(m * (jnp.log(m) - jnp.log(pi)), axis=1)  # [B, H, W, 1]
+  return jnp.sum(kl_pixel, axis=(1, 2, 3))
