@@ -36,6 +36,24 @@ from typing import Any
 DATASETS: dict[str, str] = {
     # Procedural, no download.
     "sprites": "data_pipelines.sprites",
+    # Real image datasets, read from the published files (data_dir).
+    "objects_room": "data_pipelines.multi_object",
+    "clevr_with_masks": "data_pipelines.multi_object",
+    "multi_dsprites": "data_pipelines.multi_object",
+    "tetrominoes": "data_pipelines.multi_object",
+    "shapestacks": "data_pipelines.shapestacks",
+    "sketchy": "data_pipelines.sketchy",
+    "apc": "data_pipelines.apc",
+    "clevrtex": "data_pipelines.clevrtex",
+    # Videos. Procedural (no download; or a directory written by
+    # `python -m data_pipelines.generate NAME`):
+    "bouncing_balls": "data_pipelines.bouncing_balls",
+    "clevrer_like": "data_pipelines.clevrer_like",
+    "p2d": "data_pipelines.p2d",  # Needs pybullet (pip install .[sim]).
+    # Real videos, read from the published files (data_dir):
+    "bouncing_balls_rnem": "data_pipelines.bouncing_balls_rnem",
+    "clevrer": "data_pipelines.clevrer",
+    "sketchy_video": "data_pipelines.sketchy_video",
 }
 
 SPLITS = ("train", "validation", "test")
@@ -97,6 +115,14 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 def num_examples(config: Any, split: str) -> int:
   """Number of examples in a split."""
   return _module(config.name).num_examples(config, split)
+
+
+def iterate(ds):
+  """NumPy batches of ``ds``; a corrupt or truncated file raises a
+  `DatasetReadError` naming the dataset and file instead of a TensorFlow
+  traceback."""
+  from data_pipelines import image_common  # pylint: disable=g-import-not-at-top
+  return image_common.iterate(ds)
 
 
 def configure_tensorflow() -> None:
