@@ -102,3 +102,9 @@ class GecoObjective:
                    geco_err_ema=new_state.err_ema, **{self.reconstruction: err},
                    **terms)
     return loss, new_state, metrics
+
+  def update(self, state: GecoState, metrics: dict[str, Array]) -> GecoState:
+    """The state update from (averaged) metrics; for gradient accumulation."""
+    if not self.enabled:
+      return state
+    return self.geco.update(state, metrics[self.reconstruction])

@@ -1,0 +1,151 @@
+"""The train state and the one jit-compiled training step.
+
+The step knows the model only through ``model.apply(variables, batch,
+rngs=..., train=True) -> ModelOutput`` and the objective only through
+``objective(outputs, state) -> (loss, new_state, metrics)`` (plus
+``objective.update(state, metrics)`` when gradients are accumulated), so it
+carries every ocjax model, image or video.
+
+Randomness is stateless: the key of step ``s`` is ``fold_in(train_key, s)``,
+and each rng stream folds in its own index. Draws are made for the global
+batch, so the same step gives the same numbers on 1 device or 8.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+RNG_STREAMS = ("icsbp", "sample", "dropout")
+# Independent key trees per use of the seed.
+_PURPOSES = ("train", "init", "figures", "eval", "sample")
+
+
+def purpose_key(seed: int, purpose: str) -> Array:
+  """The root key of one use of the seed (train steps, init, eval, ...)."""
+  return jax.random.fold_in(jax.random.key(seed), _PURPOSES.index(purpose))
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly; checkpointed whole."""
+  step: Array  # [] int32, optimizer steps taken
+  params: Any
+  opt_state: Any
+  objective_state: Any
+
+
+def stream_rngs(key: Array, streams=RNG_STREAMS) -> dict[str, Array]:
+  """One key per named rng stream."""
+  return {name: jax.random.fold_in(key, i) for i, name in enumerate(streams)}
+
+
+def init_params(model, batch: dict[str, Array], seed: int):
+  """Model parameters from a (small) example batch."""
+  rngs = stream_rngs(purpose_key(seed, "init"), ("params",) + RNG_STREAMS)
+  return model.init(rngs, batch, train=False)["params"]
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  """Adam as in the paper (App. E), optionally after gradient clipping."""
+  if config.name != "adam":
+    raise ValueError(f"Unknown optimizer {config.name!r} (config field "
+                     "optimizer.name); known: ['adam'].")
+  chain = []
+  if config.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  chain.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2,
+                          eps=config.eps))
+  return optax.chain(*chain)
+
+
+def create_state(params, tx, objective) -> TrainState:
+  return TrainState(step=jnp.int32(0), params=params,
+                    opt_state=tx.init(params),
+                    objective_state=objective.init())
+
+
+def _global_norm(tree) -> Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
+
+
+def make_train_step(model, objective, tx, *, seed: int,
+                    grad_accum_steps: int = 1,
+                    state_sharding=None, batch_sharding=None,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Builds ``train_step(state, batch) -> (state, metrics)``, jitted.
+
+  ``state`` is donated. ``metrics`` are scalars: the objective's terms, the
+  gradient and parameter norms. With ``grad_accum_steps = A`` the global batch
+  is split into A micro-batches (rows ``a, a + A, ...``) whose gradients are
+  averaged; the objective's state is updated once, from the averaged metrics.
+  """
+  seed_key = purpose_key(seed, "train")
+
+  def loss_fn(params, batch, objective_state, key):
+    outputs = model.apply({"params": params}, batch, rngs=stream_rngs(key),
+                          train=True)
+    loss, new_objective_state, metrics = objective(outputs, objective_state)
+    return loss, (new_objective_state, metrics)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulate(state, batch, key):
+    a = grad_accum_steps
+
+    def split(x):  # [B, ...] -> [A, B / A, ...], micro-batch a = rows a::A
+      x = x.reshape((x.shape[0] // a, a) + x.shape[1:])
+      return jnp.swapaxes(x, 0, 1)
+
+    micro = jax.tree.map(split, batch)
+
+    def body(carry, inputs):
+      grads_sum, metrics_sum = carry
+      i, mb = inputs
+      (_, (_, metrics)), grads = grad_fn(
+          state.params, mb, state.objective_state, jax.random.fold_in(key, i))
+      grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+      metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
+      return (grads_sum, metrics_sum), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+    _, (_, metrics0) = jax.eval_shape(
+        loss_fn, state.params, jax.tree.map(lambda x: x[0], micro),
+        state.objective_state, key)
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
+    (grads, metrics), _ = jax.lax.scan(
+        body, (zeros_g, zeros_m), (jnp.arange(a), micro))
+    grads = jax.tree.map(lambda g: g / a, grads)
+    metrics = jax.tree.map(lambda m: m / a, metrics)
+    objective_state = objective.update(state.objective_state, metrics)
+    return grads, objective_state, metrics
+
+  @functools.partial(jax.jit, donate_argnames=("state",),
+                     out_shardings=(state_sharding, None)
+                     if state_sharding is not None else None)
+  def train_step(state: TrainState, batch: dict[str, Array]):
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    key = jax.random.fold_in(seed_key, state.step)
+    if grad_accum_steps == 1:
+      (_, (objective_state, metrics)), grads = grad_fn(
+          state.params, batch, state.objective_state, key)
+    else:
+      grads, objective_state, metrics = accumulate(state, batch, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=_global_norm(grads),
+                   param_norm=_global_norm(params))
+    new_state = TrainState(step=state.step + 1, params=params,
+                           opt_state=opt_state,
+                           objective_state=objective_state)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,118 @@
+"""Where training reports go: TensorBoard, a JSON-lines log and the console.
+
+Only process 0 writes. ``<workdir>/metrics.jsonl`` has one JSON object per
+log step (machine-readable); TensorBoard events go to ``<workdir>/tb``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+
+class Writer:
+  """Scalars and images to TensorBoard and ``metrics.jsonl``."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if not enabled:
+      return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
+                       encoding="utf-8")
+
+  def scalars(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    with self._tb.as_default(step=step):
+      for k, v in scalars.items():
+        self._tf.summary.scalar(k, float(v))
+    self._jsonl.write(json.dumps(
+        {"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    self._jsonl.flush()
+
+  def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """``images[name]``: ``[H, W, 3]`` float in [0, 1] or uint8."""
+    if not self.enabled:
+      return
+    with self._tb.as_default(step=step):
+      for k, v in images.items():
+        v = np.asarray(v)
+        if v.dtype == np.uint8:
+          v = v.astype(np.float32) / 255.0
+        self._tf.summary.image(k, v[None], step=step, max_outputs=1)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._tb.flush()
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+class Progress:
+  """Steps per second and ETA for the progress line."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total = total_steps
+    self._t0 = time.monotonic()
+    self._step0 = start_step
+    self._last_t = self._t0
+    self._last_step = start_step
+
+  def rate(self, step: int) -> float:
+    """Steps per second since the previous call."""
+    now = time.monotonic()
+    rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+    self._last_t, self._last_step = now, step
+    return rate
+
+  def eta_seconds(self, step: int) -> float:
+    elapsed = time.monotonic() - self._t0
+    done = step - self._step0
+    if done <= 0:
+      return float("nan")
+    return elapsed / done * (self.total - step)
+
+
+def format_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(step: int, total: int, metrics: dict[str, Any],
+                  steps_per_sec: float, eta: float) -> str:
+  keys = ("loss", "nll", "kl", "kl_mask", "beta")
+  parts = [f"step {step}/{total}"]
+  for k in keys:
+    if k in metrics:
+      v = float(metrics[k])
+      parts.append(f"{k} {v:.3g}" if k == "beta" else f"{k} {v:.1f}")
+  parts.append(f"{steps_per_sec:.2f} steps/s")
+  parts.append(f"ETA {format_duration(eta)}")
+  return " | ".join(parts)
+
+
+def log(msg: str, *args) -> None:
+  """A console line from process 0 (stdout, timestamped), also to absl."""
+  import jax  # pylint: disable=g-import-not-at-top
+  text = msg % args if args else msg
+  logging.info(text)
+  if jax.process_index() == 0:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)

@@ -1,0 +1,129 @@
+"""Image grids: inputs, reconstructions, segmentations, components, samples.
+
+Every function returns a uint8 ``[H, W, 3]`` array; `save_png` writes one.
+One row per example, one tile per quantity, separated by a 2-pixel border.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# 20 distinguishable colours (Kelly / Tableau-like); label 0 first.
+PALETTE = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+    [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
+    [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195],
+    [128, 128, 0], [255, 215, 180], [0, 0, 128]], np.uint8)
+BORDER = 2
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Float [0, 1] (or uint8) -> uint8, with RGB for one-channel images."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = np.clip(np.round(np.asarray(image, np.float32) * 255), 0, 255)
+    image = image.astype(np.uint8)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image
+
+
+def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
+  """Integer label map ``[..., H, W]`` -> colours ``[..., H, W, 3]``."""
+  labels = np.asarray(labels)
+  return PALETTE[np.mod(labels, len(PALETTE))]
+
+
+def masks_to_rgb(masks: np.ndarray) -> np.ndarray:
+  """Soft masks ``[K, H, W, 1]`` -> argmax colours, slot k -> palette k+1."""
+  masks = np.asarray(masks)[..., 0]
+  return labels_to_rgb(np.argmax(masks, axis=0) + 1)
+
+
+def tile_rows(rows: list[list[np.ndarray]], border: int = BORDER,
+              fill: int = 255) -> np.ndarray:
+  """Lays out ``rows[r][c]`` (each ``[h, w, 3]`` uint8) into one image."""
+  h = max(t.shape[0] for row in rows for t in row)
+  w = max(t.shape[1] for row in rows for t in row)
+  ncol = max(len(row) for row in rows)
+  out = np.full((len(rows) * (h + border) + border,
+                 ncol * (w + border) + border, 3), fill, np.uint8)
+  for r, row in enumerate(rows):
+    for c, tile in enumerate(row):
+      y = border + r * (h + border)
+      x = border + c * (w + border)
+      out[y:y + tile.shape[0], x:x + tile.shape[1]] = to_uint8(tile)
+  return out
+
+
+def component_tiles(components: np.ndarray, masks: np.ndarray,
+                    background: float = 1.0) -> list[np.ndarray]:
+  """Per-slot appearance shown where the slot's mask is: ``pi mu + (1-pi)``."""
+  components = np.asarray(components, np.float32)
+  masks = np.asarray(masks, np.float32)
+  return [to_uint8(masks[k] * components[k] + (1 - masks[k]) * background)
+          for k in range(components.shape[0])]
+
+
+def reconstruction_grid(images, recon, attention=None, decoder=None,
+                        components=None, segmentation=None,
+                        max_rows: int = 8) -> np.ndarray:
+  """Rows: input | [ground truth] | recon | attention seg | decoder seg |
+  per-slot components (each shown through its decoder mask).
+
+  Args:
+    images, recon: ``[B, H, W, C]`` in [0, 1].
+    attention, decoder: soft masks ``[B, K, H, W, 1]`` (optional).
+    components: ``[B, K, H, W, C]`` (optional; needs ``decoder``).
+    segmentation: ground truth ``[B, H, W]`` int (optional).
+  """
+  rows = []
+  for b in range(min(len(images), max_rows)):
+    row = [to_uint8(images[b])]
+    if segmentation is not None:
+      row.append(labels_to_rgb(segmentation[b]))
+    row.append(to_uint8(recon[b]))
+    if attention is not None:
+      row.append(masks_to_rgb(attention[b]))
+    if decoder is not None:
+      row.append(masks_to_rgb(decoder[b]))
+      if components is not None:
+        row.extend(component_tiles(components[b], decoder[b]))
+    rows.append(row)
+  return tile_rows(rows)
+
+
+def sample_grid(images, masks=None, components=None,
+                max_rows: int = 16) -> np.ndarray:
+  """Rows: sample | its segmentation | per-slot components."""
+  rows = []
+  for b in range(min(len(images), max_rows)):
+    row = [to_uint8(images[b])]
+    if masks is not None:
+      row.append(masks_to_rgb(masks[b]))
+      if components is not None:
+        row.extend(component_tiles(components[b], masks[b]))
+    rows.append(row)
+  return tile_rows(rows)
+
+
+def image_mosaic(images, columns: int = 8) -> np.ndarray:
+  """A plain mosaic of ``[N, H, W, C]`` images."""
+  images = [to_uint8(x) for x in images]
+  rows = [images[i:i + columns] for i in range(0, len(images), columns)]
+  return tile_rows(rows)
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+  """Writes ``image`` (uint8 or [0, 1] float) to ``path``; returns it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.png"
+  Image.fromarray(to_uint8(image)).save(tmp)
+  os.replace(tmp, path)
+  return path

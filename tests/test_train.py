@@ -1,0 +1,246 @@
+"""The trainer: exact resume, checkpoints, failure modes, evaluation, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import data_pipelines
+from experiments import genesis_v2 as experiment
+from ocjax.eval import runner
+from ocjax.eval import sampling
+from ocjax.train import checkpoint as ckpt_lib
+from ocjax.train import loop
+from ocjax.train import mesh as mesh_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(num_steps=4, **overrides):
+  c = experiment.get_config("quick,smoke")
+  with c.unlocked():
+    c.data.image_size = 32
+    c.data.num_train = 64
+    c.data.num_test = 8
+    c.model.num_slots = 3
+    c.model.feat_dim = 16
+    c.model.decoder_channels = 16
+    c.train.num_steps = num_steps
+    c.train.checkpoint_every = 2
+    c.train.keep_every = 2
+    c.train.image_every = 100
+    c.train.log_every = 1
+    c.sample.num = 2
+    for k, v in overrides.items():
+      node = c
+      *path, last = k.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = v
+  return c
+
+
+def restore_params(config, workdir, step=None):
+  model, objective, tx = loop.build(config)
+  ck = loop.make_checkpointer(config, workdir, read_only=True)
+  state, meta = loop.init_or_restore(
+      config, model, objective, tx, ck, mesh_lib.make_mesh(),
+      loop.example_batch(config), step=step, require=True)
+  return state, meta
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _interrupting(after: int):
+  """`get_dataset` whose train stream raises after ``after`` batches."""
+  real = data_pipelines.get_dataset
+
+  def get_dataset(config, split, **kw):
+    ds = real(config, split, **kw)
+    if split != "train":
+      return ds
+
+    class Wrapped:
+      def as_numpy_iterator(self):
+        for i, b in enumerate(ds.as_numpy_iterator()):
+          if i == after:
+            raise _Interrupt("killed")
+          yield b
+
+    return Wrapped()
+
+  return get_dataset
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """Four uninterrupted steps."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config(4)
+  loop.train(config, workdir)
+  return config, workdir
+
+
+def test_resume_after_kill_is_exact(straight_run, tmp_path, monkeypatch):
+  config, straight_dir = straight_run
+  workdir = str(tmp_path / "killed")
+  # Killed while taking the 4th batch: checkpoint of step 2 survives, step 3
+  # is lost.
+  monkeypatch.setattr(loop.data_pipelines, "get_dataset", _interrupting(3))
+  with pytest.raises(_Interrupt):
+    loop.train(config, workdir)
+  monkeypatch.undo()
+  state, meta = restore_params(config, workdir)
+  assert int(state.step) == 2 and meta["data_position"] == 2
+  # The same command again resumes and finishes.
+  loop.train(config, workdir)
+  resumed, meta = restore_params(config, workdir)
+  straight, _ = restore_params(config, straight_dir)
+  assert int(resumed.step) == int(straight.step) == 4
+  assert meta["data_position"] == 4
+  jax.tree.map(np.testing.assert_array_equal, resumed.params,
+               straight.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.opt_state,
+               straight.opt_state)
+  np.testing.assert_array_equal(resumed.objective_state.beta,
+                                straight.objective_state.beta)
+  np.testing.assert_array_equal(resumed.objective_state.err_ema,
+                                straight.objective_state.err_ema)
+
+
+def test_run_leaves_its_artifacts(straight_run):
+  _, workdir = straight_run
+  for path in ("config.json", "metrics.jsonl", "images/reconstruction_latest.png",
+               "images/samples_latest.png"):
+    assert os.path.exists(os.path.join(workdir, path)), path
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(workdir, "tb")))
+  lines = [json.loads(l) for l in open(os.path.join(workdir,
+                                                    "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+  for key in ("loss", "nll", "kl", "beta", "neg_elbo", "steps_per_sec",
+              "learning_rate", "grad_norm"):
+    assert key in lines[-1], key
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                             keep_every=2, max_to_keep=3, read_only=True)
+  assert ck.steps() == [2, 4]
+
+
+def test_evaluate_and_sample(straight_run):
+  config, workdir = straight_run
+  results = runner.evaluate(config, workdir)
+  assert os.path.exists(os.path.join(workdir, "eval", "4.json"))
+  for key in ("fixed/attention/ari_fg", "fixed/decoder/ari_fg",
+              "flexible/decoder/msc_fg", "flexible/num_slots", "loss_nll"):
+    assert np.isfinite(results[key]), key
+  assert results["num_images"] == config.eval.num_examples
+  table = runner.format_table(results)
+  assert "flexible" in table and "ari_fg" in table
+  grid = sampling.sample(config, workdir, num=3)
+  assert os.path.exists(grid)
+  assert len(os.listdir(os.path.join(workdir, "samples", "4"))) == 3
+
+
+def test_train_step_compiles_once(tmp_path):
+  config = tiny_config(3)
+  model, objective, tx = loop.build(config)
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh()
+  example = loop.example_batch(config)
+  ck = loop.make_checkpointer(config, str(tmp_path))
+  state, _ = loop.init_or_restore(config, model, objective, tx, ck, mesh,
+                                  example)
+  train_step = step_lib.make_train_step(
+      model, objective, tx, seed=0, state_sharding=mesh_lib.replicated(mesh),
+      batch_sharding=mesh_lib.batch_sharding(mesh))
+  ds = data_pipelines.get_dataset(config.data, "train", batch_size=4, seed=0)
+  for batch, _ in zip(ds.as_numpy_iterator(), range(3)):
+    batch = mesh_lib.to_global(loop.model_inputs(batch),
+                               mesh_lib.batch_sharding(mesh))
+    state, _ = train_step(state, batch)
+  assert train_step._cache_size() == 1  # pylint: disable=protected-access
+  ck.close()
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path, monkeypatch):
+  config = tiny_config(6)
+  workdir = str(tmp_path)
+  # A NaN image from the 4th batch on poisons the loss of step 4.
+  real = data_pipelines.get_dataset
+
+  def get_dataset(cfg, split, **kw):
+    ds = real(cfg, split, **kw)
+    if split != "train":
+      return ds
+
+    class Wrapped:
+      def as_numpy_iterator(self):
+        for i, b in enumerate(ds.as_numpy_iterator()):
+          if i >= 3:
+            b = dict(b, image=np.full_like(b["image"], np.nan))
+          yield b
+
+    return Wrapped()
+
+  monkeypatch.setattr(loop.data_pipelines, "get_dataset", get_dataset)
+  with pytest.raises(loop.NonFiniteError,
+                     match=r"loss.*within steps \(3, 4\].*step 2"):
+    loop.train(config, workdir)
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                             keep_every=2, max_to_keep=3, read_only=True)
+  assert ck.steps() == [2]
+
+
+def test_workdir_of_another_model_is_refused(straight_run):
+  config, workdir = straight_run
+  del config
+  other = tiny_config(4)
+  with other.unlocked():
+    other.model.num_slots = 4
+  with pytest.raises(ValueError, match=r"model\.num_slots: 3 -> 4"):
+    loop.train(other, workdir)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config()
+  with pytest.raises(ckpt_lib.CheckpointError, match="No checkpoint in"):
+    runner.evaluate(config, str(tmp_path / "empty"))
+  with pytest.raises(ckpt_lib.CheckpointError, match="No checkpoint of step 3"):
+    restore_params(config, str(tmp_path / "empty2"), step=3)
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(straight_run):
+  config, workdir = straight_run
+  other = tiny_config()
+  with other.unlocked():
+    other.model.feat_dim = 32
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not fit"):
+    restore_params(other, workdir)
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "ocjax.main", *args],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_rejects_unknown_config_field(tmp_path):
+  r = _cli("--config=experiments/genesis_v2.py:quick", f"--workdir={tmp_path}",
+           "--config.model.num_slot=5")
+  assert r.returncode != 0
+  assert "num_slot" in r.stderr and "num_slots" in r.stderr  # did you mean
+
+
+def test_cli_rejects_unknown_preset(tmp_path):
+  r = _cli("--config=experiments/genesis_v2.py:quik", f"--workdir={tmp_path}")
+  assert r.returncode != 0
+  assert "Unknown GENESIS-V2 preset 'quik'" in r.stderr
