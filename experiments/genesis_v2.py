@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.min_mask_pixels = 20.0  # flexible K, Sec. 4.1
   c.model.flexible_decode_all = False
   c.model.subpixel_deconv = True
+  c.model.remat = False  # recompute activations in the backward pass
   c.model.dtype = "float32"  # compute dtype ("bfloat16" for speed)
 
   # Objective: GECO (Eqs. 5-6, App. E).

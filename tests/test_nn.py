@@ -228,3 +228,17 @@ def test_prior_sampling_matches_likelihood_path():
   np.testing.assert_array_equal(s["sigma"][:, 0], 1.0)
   assert (np.asarray(s["sigma"]) > 1e-4).all()
   assert (np.asarray(s["sigma"]) <= 1 + 1e-4).all()
+
+
+def test_matmul_kernel_gradient_equals_autodiff():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 6, 5, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32)
+  f = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))),
+                            argnums=(0, 1))(x, w)
+  fast = f(conv_transpose.same_conv_matmul_grad)
+  plain = f(conv_transpose._same_conv)  # pylint: disable=protected-access
+  for a, b in zip(fast, plain):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(conv_transpose.same_conv_matmul_grad(x, w),
+                                conv_transpose._same_conv(x, w))  # pylint: disable=protected-access

@@ -77,6 +77,12 @@ class GenesisV2(nn.Module):
       out of the mixture.
     subpixel_deconv: compute the decoder's transposed convolutions as
       sub-pixel convolutions (same numbers, faster on CPU).
+    remat: decode the slots one after the other and recompute the backbone's
+      and the decoder's activations in the backward pass instead of storing
+      them: far less memory (benchmarks/README.md), more compute.
+    dtype: compute dtype of the convolutions and dense layers ("bfloat16"
+      for speed on accelerators); parameters, the IC-SBP, pooling and the
+      likelihood stay float32.
   """
   num_slots: int = 7
   image_size: int = 64
@@ -92,6 +98,7 @@ class GenesisV2(nn.Module):
   min_mask_pixels: float = 20.0
   flexible_decode_all: bool = False
   subpixel_deconv: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -104,7 +111,8 @@ class GenesisV2(nn.Module):
     down, up = unet.unet_channels(unet.num_unet_blocks(self.image_size),
                                   min(f, 64))
     # Backbone (App. B); its last block has min(f, 64) channels = f.
-    self.encoder = unet.UNet(down, up, dtype=dt)
+    unet_cls = nn.remat(unet.UNet) if self.remat else unet.UNet
+    self.encoder = unet_cls(down, up, dtype=dt)
     # Attention head: Conv-GN8-ReLU + semi-convolutional 1x1 layer.
     self.attention_block = layers.ConvGNReLU(f, dtype=dt)
     if self.semiconv:
@@ -174,8 +182,18 @@ class GenesisV2(nn.Module):
       ``(mu_x [B, K, H, W, C], log_pi [B, K, H, W, 1], recon [B, H, W, C])``.
     """
     b, k, l = z.shape
-    out = self.decoder(z.reshape(b * k, l))  # [B K, H, W, 4]
-    out = out.reshape((b, k) + out.shape[1:]).astype(self._acc_dtype)
+    if self.remat:
+      # One slot at a time, activations recomputed in the backward pass: the
+      # decoder's peak memory shrinks by a factor K.
+      def body(mdl, carry, z_k):
+        return carry, mdl.decoder(z_k)
+      scan = nn.scan(nn.remat(body), variable_broadcast="params",
+                     split_rngs={"params": False}, in_axes=1, out_axes=1)
+      _, out = scan(self, None, z)  # [B, K, H, W, 4]
+    else:
+      out = self.decoder(z.reshape(b * k, l))  # [B K, H, W, 4]
+      out = out.reshape((b, k) + out.shape[1:])
+    out = out.astype(self._acc_dtype)
     mu_x, logits = out[..., :3], out[..., 3:]
     if self.pixel_bound:
       mu_x = jax.nn.sigmoid(mu_x)
@@ -301,5 +319,5 @@ def from_config(config: Any) -> GenesisV2:
       decoder_channels=config.decoder_channels,
       min_mask_pixels=config.min_mask_pixels,
       flexible_decode_all=config.flexible_decode_all,
-      subpixel_deconv=config.subpixel_deconv,
+      subpixel_deconv=config.subpixel_deconv, remat=config.remat,
       dtype=jnp.dtype(config.dtype))

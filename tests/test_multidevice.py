@@ -1,0 +1,91 @@
+"""Data parallelism on 8 fake CPU devices, and two processes on loopback.
+
+Each case runs tests/multidevice_worker.py in fresh interpreters with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (the device count is
+fixed when JAX starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import test_train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "multidevice_worker.py")
+pytestmark = pytest.mark.multidevice
+
+
+def _env(num_devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={num_devices}")
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _run(args, num_devices, timeout=600):
+  r = subprocess.run([sys.executable, WORKER, *args], cwd=REPO,
+                     env=_env(num_devices), capture_output=True, text=True,
+                     timeout=timeout)
+  assert r.returncode == 0, r.stderr[-4000:]
+  return r
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_one_and_eight_devices_take_the_same_step(tmp_path):
+  out = tmp_path / "devices.json"
+  _run(["devices", str(out)], 8)
+  r = json.loads(out.read_text())
+  assert r["num_devices"] == 8
+  np.testing.assert_allclose(r["losses_8"], r["losses_1"], rtol=1e-5)
+  assert r["max_param_rel_diff"] < 1e-4, r
+  assert r["beta_8"] == pytest.approx(r["beta_1"], rel=1e-6)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def test_two_processes_match_one_process_with_eight_devices(tmp_path):
+  single = str(tmp_path / "single")
+  _run(["train", single], 8)
+  multi = str(tmp_path / "multi")
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, WORKER, "train", multi, str(i),
+                             str(port)], cwd=REPO, env=_env(4),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (stdout, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-4000:]
+  infos = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outs]
+  assert sorted(i["process"] for i in infos) == [0, 1]
+  assert all(i["processes"] == 2 and i["devices"] == 8 for i in infos)
+  # Same global batches, same randomness: the same losses.
+  np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5)
+  # Written once; restorable here, on one device.
+  config = test_train.tiny_config(2, **{"train.batch_size": 8,
+                                        "eval.batch_size": 8})
+  a, meta = test_train.restore_params(config, multi)
+  b, _ = test_train.restore_params(config, single)
+  assert int(a.step) == 2 and meta["data_position"] == 2
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-6),
+               a.params, b.params)
