@@ -1,7 +1,7 @@
 r"""ocjax command line: train, evaluate or sample one experiment.
 
     python -m ocjax.main --config=experiments/genesis_v2.py:quick \
-        --workdir=runs/quick [--mode=train|eval|sample] [--config.x.y=v]
+        --workdir=runs/quick [--mode=train|eval|sample|fid] [--config.x.y=v]
 
 Re-running the same command resumes a killed run from its last checkpoint.
 """
@@ -23,10 +23,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory of the run (checkpoints, logs).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
-                          "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "eval", "sample", "fid"], "What to do.")
 _STEP = flags.DEFINE_integer(
     "step", None, "Checkpoint step for --mode=eval/sample (default: latest).")
+_INCEPTION = flags.DEFINE_string(
+    "inception_weights", None, "--mode=fid: the FID Inception-v3 weights "
+    "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz; see "
+    "docs/eval.md).")
+_FID_NUM = flags.DEFINE_integer(
+    "fid_num", 10_000, "--mode=fid: prior samples and test images.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,6 +53,13 @@ def main(argv):
     runner.evaluate(config, workdir)
   elif _MODE.value == "eval":
     runner.evaluate(config, workdir, _STEP.value)
+  elif _MODE.value == "fid":
+    from ocjax.eval import fid  # pylint: disable=g-import-not-at-top
+    try:
+      fid.compute_fid(config, workdir, _INCEPTION.value, num=_FID_NUM.value,
+                      step=_STEP.value)
+    except (fid.FIDError, fid.convert.WeightsError) as e:
+      raise SystemExit(f"error: {e}") from None
   else:
     sampling.sample(config, workdir, _STEP.value)
 

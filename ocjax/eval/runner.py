@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import data_pipelines
+from ocjax.eval import best_worst
 from ocjax.metrics import segmentation as seg_metrics
 from ocjax.train import loop
 from ocjax.train import mesh as mesh_lib
@@ -203,11 +204,16 @@ def evaluate_state(config, workdir: str, state, step: int):
 # ----------------------------------------------- best / median / worst grid
 def _write_best_worst_grid(config, workdir, params, model, step, per_image):
   """``<workdir>/eval/<step>_best_median_worst.png`` (process 0 only)."""
-  from ocjax.eval import best_worst  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return None
-  path = best_worst.write_grid(config, workdir, step, params, model,
-                               per_image)
+  try:
+    path = best_worst.write_grid(config, workdir, step, params, model,
+                                 per_image)
+  except Exception as e:  # pylint: disable=broad-except
+    # A figure; the scores are already written.
+    writers.log("Could not write the best/median/worst grid: %s: %s",
+                type(e).__name__, e)
+    return None
   if path:
     writers.log("Best, median and worst images by %s: %s",
                 best_worst.score_key(per_image), path)
@@ -215,10 +221,50 @@ def _write_best_worst_grid(config, workdir, params, model, step, per_image):
 
 
 # --------------------------------------------------------------- run config
+def _merge(defaults: Any, saved: Any) -> Any:
+  """``saved`` over ``defaults`` (JSON trees); a section naming another
+  ``name`` (e.g. another dataset) replaces the default one whole."""
+  if not (isinstance(defaults, dict) and isinstance(saved, dict)):
+    return saved
+  if "name" in saved and defaults.get("name", saved["name"]) != saved["name"]:
+    return saved
+  out = dict(defaults)
+  for k, v in saved.items():
+    out[k] = _merge(defaults.get(k), v)
+  return out
+
+
+def _experiment_defaults(model_name: str) -> dict[str, Any]:
+  """The JSON tree of ``experiments/<model name>.py``'s default config, or
+  {} where there is no such file."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    module = importlib.import_module(f"experiments.{model_name}")
+  except ImportError:  # Not installed: the checkout's experiments/ folder.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "experiments", f"{model_name}.py")
+    if not os.path.isfile(path):
+      return {}
+    spec = importlib.util.spec_from_file_location(
+        f"_ocjax_experiment_{model_name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+    except Exception:  # pylint: disable=broad-except
+      return {}
+  try:
+    return json.loads(module.get_config().to_json_best_effort())
+  except (AttributeError, TypeError, ValueError):
+    return {}
+
+
 def config_from_workdir(workdir: str):
   """The locked config of the run in ``workdir`` (its ``config.json``).
 
-  JSON lists come back as tuples, as the experiment files write them.
+  Fields added to the experiment file after the run was written take their
+  default values there (``experiments/<model.name>.py``); JSON lists come
+  back as tuples, as the experiment files write them.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "config.json")
@@ -232,10 +278,14 @@ def config_from_workdir(workdir: str):
       raw = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"Cannot read the run config {path}: {e}") from e
-  for section in ("model", "data", "seed"):
+  if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+    raise ValueError(f"{path} has no 'model' section; it is not an ocjax "
+                     "run config.")
+  for section in ("data", "seed"):
     if section not in raw:
       raise ValueError(f"{path} has no {section!r} section; it is not an "
                        "ocjax run config.")
+  merged = _merge(_experiment_defaults(str(raw["model"].get("name"))), raw)
 
   def tuples(x):
     if isinstance(x, dict):
@@ -244,7 +294,7 @@ def config_from_workdir(workdir: str):
       return tuple(tuples(v) for v in x)
     return x
 
-  config = ml_collections.ConfigDict(tuples(raw))
+  config = ml_collections.ConfigDict(tuples(merged))
   config.lock()
   return config
 

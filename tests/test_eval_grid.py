@@ -1,0 +1,136 @@
+"""The best / median / worst grid of `--mode=eval`, and the shared test run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import test_train
+from ocjax.eval import best_worst
+from ocjax.eval import runner
+from ocjax.train import loop
+from ocjax.train import mesh as mesh_lib
+
+
+def make_run(tmp_path_factory):
+  """``(config, workdir)``: a run with an untrained checkpoint (step 0).
+
+  The tiny config of `test_train`; made once per test session (the eval,
+  FID and segment tests share it) and only initialised, not trained, since
+  these tests exercise the tools, not the model.
+  """
+  workdir = str(tmp_path_factory.getbasetemp() / "eval_tools_run")
+  config = test_train.tiny_config(2)
+  if os.path.exists(os.path.join(workdir, "checkpoints")):
+    return config, workdir
+  loop.check_workdir_config(config, workdir)
+  model, objective, tx = loop.build(config)
+  ck = loop.make_checkpointer(config, workdir)
+  state, _ = loop.init_or_restore(config, model, objective, tx, ck,
+                                  mesh_lib.make_mesh(),
+                                  loop.example_batch(config))
+  ck.save(0, state, {"step": 0, "data_position": 0,
+                     "model": config.model.name})
+  ck.close()
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  return make_run(tmp_path_factory)
+
+
+def test_select_ranks_best_median_worst():
+  scores = np.array([0.5, 0.9, np.nan, 0.1, 0.7, 0.3, 0.8, 0.2, 0.6])
+  picks = best_worst.select(scores, 3)
+  # Finite scores, high -> low: 0.9 0.8 0.7 0.6 0.5 0.3 0.2 0.1.
+  np.testing.assert_array_equal(picks["best"], [1, 6, 4])
+  np.testing.assert_array_equal(picks["median"], [4, 8, 0])
+  np.testing.assert_array_equal(picks["worst"], [5, 7, 3])
+  small = best_worst.select(np.array([0.2, 0.4]), 3)
+  assert [len(v) for v in small.values()] == [2, 2, 2]
+  assert all(len(v) == 0 for v in best_worst.select(np.array([]), 3).values())
+
+
+def test_score_key_prefers_the_decoder_masks():
+  keys = {"fixed/attention/ari_fg": 0, "fixed/decoder/ari_fg": 0,
+          "flexible/decoder/ari_fg": 0, "position": 0}
+  assert best_worst.score_key(keys) == "fixed/decoder/ari_fg"
+  assert best_worst.score_key({"fixed/masks/ari_fg": 0}) == (
+      "fixed/masks/ari_fg")
+  with pytest.raises(KeyError, match="ari_fg"):
+    best_worst.score_key({"mse": 0})
+
+
+def test_stack_groups_adds_a_banner_per_group():
+  tiles = {"best": np.zeros((10, 30, 3), np.uint8),
+           "worst": np.zeros((12, 20, 3), np.uint8)}
+  out = best_worst.stack_groups(tiles, {"best": "best", "worst": "worst"})
+  assert out.shape == (14 + 10 + 14 + 12, 30, 3) and out.dtype == np.uint8
+
+
+def test_evaluate_writes_the_best_median_worst_grid(run, monkeypatch):
+  config, workdir = run
+  per_image = {}
+  real = best_worst.write_grid
+
+  def spy(*args, **kwargs):
+    per_image.update(args[5])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(best_worst, "write_grid", spy)
+  results = runner.evaluate(config, workdir)
+  assert results["num_images"] == config.eval.num_examples
+  png = os.path.join(workdir, "eval", "0_best_median_worst.png")
+  assert os.path.exists(png)
+  with open(png[:-4] + ".json", encoding="utf-8") as f:
+    record = json.load(f)
+  assert record["metric"] == "fixed/decoder/ari_fg"
+  groups = record["groups"]
+  assert [len(groups[g]) for g in best_worst.GROUPS] == [3, 3, 3]
+  best = [e["score"] for e in groups["best"]]
+  worst = [e["score"] for e in groups["worst"]]
+  assert best == sorted(best, reverse=True) and min(best) >= max(worst)
+  # The evaluation handed over every image's score and stream position.
+  scores = per_image["fixed/decoder/ari_fg"]
+  positions = list(per_image["position"])
+  assert sorted(positions) == list(range(config.eval.num_examples))
+  assert np.mean(scores) == pytest.approx(results["fixed/decoder/ari_fg"])
+  for entries in groups.values():
+    for e in entries:
+      assert scores[positions.index(e["position"])] == e["score"]
+      # The refetched images score what they scored during evaluation.
+      assert e["rescored"] == pytest.approx(e["score"], abs=1e-6)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(png) as img:
+    width, height = img.size
+  size = config.data.image_size
+  # 9 rows of tiles (input, GT, recon, 2 masks, 3 components) + banners.
+  assert height > 9 * size and width > 8 * size
+
+
+def test_config_from_workdir_fills_fields_added_since(tmp_path):
+  config = test_train.tiny_config(2)
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["flexible_decode_all"]  # A run older than that field.
+  saved["data"] = {"name": "objects_room", "image_size": 64,
+                   "data_dir": "/data"}
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  restored = runner.config_from_workdir(str(tmp_path))
+  assert restored.model.flexible_decode_all is False  # the default
+  assert restored.model.num_slots == config.model.num_slots
+  assert restored.train.num_steps == 2
+  # Another dataset: its section as saved, not merged with the sprites'.
+  assert restored.data.to_dict() == saved["data"]
+  # JSON lists come back as the tuples the experiment file wrote.
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  assert runner.config_from_workdir(str(tmp_path)).data.shapes == (
+      config.data.shapes)
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    runner.config_from_workdir(str(tmp_path / "nowhere"))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="no 'model' section"):
+    runner.config_from_workdir(str(tmp_path))
