@@ -87,7 +87,8 @@ def build(args, batch: int):
                                                         args.image_size**2))
   tx = optax.adam(1e-4)
   state = step_lib.create_state(params, tx, objective)
-  train_step = step_lib.make_train_step(model, objective, tx, seed=0)
+  train_step = step_lib.make_train_step(model, objective, tx, seed=0,
+                                        grad_accum_steps=args.grad_accum)
   return train_step, (state, batch_in)
 
 
@@ -100,6 +101,8 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--inference", action="store_true")
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--grad_accum", type=int, default=1,
+                 help="micro-batches per step (train.grad_accum_steps)")
   p.add_argument("--memory_only", action="store_true",
                  help="compile and report XLA's memory estimate, no timing")
   p.add_argument("--plain", action="store_true",
@@ -131,6 +134,7 @@ def main():
         f"{peak['conv'] / 1e9:.1f} GFLOP/s")
   print(f"GENESIS-V2 {kind} step, {args.image_size}x{args.image_size}, "
         f"K={args.num_slots}, {args.dtype}{', remat' if args.remat else ''}"
+        f"{f', {args.grad_accum} micro-batches' if args.grad_accum > 1 else ''}"
         f"{', plain deconvolutions' if args.plain else ''}")
   header = (f"{'batch':>5s} {'s/step':>8s} {'img/s':>7s} {'GFLOP/step':>11s} "
             f"{'GFLOP/s':>8s} {'of peak':>7s} {'vs official':>11s}")

@@ -41,6 +41,7 @@ def _supports_flexible(model) -> bool:
   return "flexible" in inspect.signature(type(model).__call__).parameters
 
 
+@functools.lru_cache(maxsize=16)  # Periodic evaluations reuse the compiled fn.
 def make_eval_fn(model, seed: int, flexible: bool):
   """Jitted ``(params, batch, segmentation, bound) -> per-image scores``.
 

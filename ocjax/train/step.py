@@ -25,6 +25,9 @@ Array = jax.Array
 RNG_STREAMS = ("icsbp", "sample", "dropout")
 # Independent key trees per use of the seed.
 _PURPOSES = ("train", "init", "figures", "eval", "sample")
+# Gradient accumulation unrolls up to this many micro-batches (compile time
+# grows with it).
+MAX_UNROLLED_MICROBATCHES = 32
 
 
 def purpose_key(seed: int, purpose: str) -> Array:
@@ -120,8 +123,11 @@ def make_train_step(model, objective, tx, *, seed: int,
         loss_fn, state.params, jax.tree.map(lambda x: x[0], micro),
         state.objective_state, key)
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
+    # Unrolled: XLA's CPU backend runs a rolled loop around the whole model
+    # about 10x slower than the same steps unrolled (benchmarks/README.md).
     (grads, metrics), _ = jax.lax.scan(
-        body, (zeros_g, zeros_m), (jnp.arange(a), micro))
+        body, (zeros_g, zeros_m), (jnp.arange(a), micro),
+        unroll=min(a, MAX_UNROLLED_MICROBATCHES))
     grads = jax.tree.map(lambda g: g / a, grads)
     metrics = jax.tree.map(lambda m: m / a, metrics)
     objective_state = objective.update(state.objective_state, metrics)
