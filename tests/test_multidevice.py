@@ -17,6 +17,10 @@ import jax
 import numpy as np
 import pytest
 
+from ocjax.train import loop
+from ocjax.train import step as step_lib
+
+import multidevice_worker
 import test_train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +58,11 @@ def test_one_and_eight_devices_take_the_same_step(tmp_path):
   r = json.loads(out.read_text())
   assert r["num_devices"] == 8
   np.testing.assert_allclose(r["losses_8"], r["losses_1"], rtol=1e-5)
-  assert r["max_param_rel_diff"] < 1e-4, r
+  # Parameter updates (SGD) agree to float32 reduction-order noise: overall,
+  # and leaf by leaf (looser: a leaf whose gradient nearly cancels has a
+  # larger relative error).
+  total, per_leaf = r["update_rel_diff"]
+  assert total < 1e-4 and per_leaf < 1e-2, r
   assert r["beta_8"] == pytest.approx(r["beta_1"], rel=1e-6)
 
 
@@ -81,11 +89,13 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
   # Same global batches, same randomness: the same losses.
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5)
   # Written once; restorable here, on one device.
-  config = test_train.tiny_config(2, **{"train.batch_size": 8,
-                                        "eval.batch_size": 8})
+  config = multidevice_worker.config()
   a, meta = test_train.restore_params(config, multi)
   b, _ = test_train.restore_params(config, single)
   assert int(a.step) == 2 and meta["data_position"] == 2
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-6),
-               a.params, b.params)
+  model, _, _ = loop.build(config)
+  params0 = step_lib.init_params(
+      model, loop.model_inputs(loop.example_batch(config)), config.seed)
+  total, per_leaf = multidevice_worker.update_rel_diff(a.params, b.params,
+                                                      params0)
+  assert total < 1e-4 and per_leaf < 1e-2, (total, per_leaf)

@@ -56,15 +56,24 @@ def init_params(model, batch: dict[str, Array], seed: int):
 
 
 def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """Adam as in the paper (App. E), optionally after gradient clipping."""
-  if config.name != "adam":
-    raise ValueError(f"Unknown optimizer {config.name!r} (config field "
-                     "optimizer.name); known: ['adam'].")
+  """Adam as in the paper (App. E), optionally after gradient clipping.
+
+  ``name="sgd"`` (plain gradient descent) is there for tests and ablations:
+  its update is linear in the gradient, so two runs that should take the
+  same step can be compared to rounding error (Adam's normalised update
+  turns rounding noise in a near-zero gradient into a step of up to ``lr``).
+  """
   chain = []
   if config.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2,
-                          eps=config.eps))
+  if config.name == "adam":
+    chain.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2,
+                            eps=config.eps))
+  elif config.name == "sgd":
+    chain.append(optax.sgd(config.learning_rate))
+  else:
+    raise ValueError(f"Unknown optimizer {config.name!r} (config field "
+                     "optimizer.name); known: ['adam', 'sgd'].")
   return optax.chain(*chain)
 
 
