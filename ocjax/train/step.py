@@ -133,7 +133,7 @@ def make_train_step(model, objective, tx, *, seed: int,
         state.objective_state, key)
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
     # Unrolled: XLA's CPU backend runs a rolled loop around the whole model
-    # about 10x slower than the same steps unrolled (benchmarks/README.md).
+    # about 10x slower than the same steps unrolled (README, "Speed").
     (grads, metrics), _ = jax.lax.scan(
         body, (zeros_g, zeros_m), (jnp.arange(a), micro),
         unroll=min(a, MAX_UNROLLED_MICROBATCHES))
