@@ -44,7 +44,7 @@ from ml_collections import config_dict
 import numpy as np
 
 import data_pipelines
-from data_pipelines import numpy_calls
+from data_pipelines import video_common as vc
 
 SHAPES = ("square", "circle", "triangle", "ellipse", "diamond", "heart",
           "star")
@@ -218,10 +218,6 @@ def num_examples(config: Any, split: str) -> int:
 # ----------------------------------------------------------------- rendering
 
 
-def _seed_word(seed: int) -> int:
-  return int(seed) % 2**64
-
-
 @functools.lru_cache(maxsize=4)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
   """Pixel row and column coordinates, float32 [S, S] each (read-only)."""
@@ -341,7 +337,7 @@ def _render(spec: _Spec, seed: int, split_id: int, index: int,
   if spec.content_seed is not None:
     seed = spec.content_seed
   rng = np.random.default_rng(
-      [_CONTENT_STREAM, _seed_word(seed), split_id, int(index)])
+      [_CONTENT_STREAM, vc.seed_word(seed), split_id, int(index)])
   s = spec.image_size
   num_shapes = len(spec.shapes)
   for _ in range(_MAX_SCENE_TRIES):
@@ -431,31 +427,6 @@ def render_batch(config: Any, split: str, indices: Any,
 # ------------------------------------------------------------- index stream
 
 
-@functools.lru_cache(maxsize=8)
-def _permutation(seed: int, split_id: int, epoch: int, n: int) -> np.ndarray:
-  rng = np.random.default_rng([_SHUFFLE_STREAM, _seed_word(seed), split_id,
-                               epoch])
-  perm = rng.permutation(n)
-  perm.flags.writeable = False
-  return perm
-
-
-def _rows(step: int, n: int, split_id: int, *, batch_size: int, seed: int,
-          process_index: int, process_count: int, repeat: bool):
-  local = batch_size // process_count
-  pos = (np.int64(step) * batch_size + process_index * local
-         + np.arange(local, dtype=np.int64))  # [local]
-  if not repeat:
-    valid = pos < n
-    return np.where(valid, pos, 0), valid
-  epochs, within = np.divmod(pos, n)
-  indices = np.empty_like(pos)
-  for epoch in np.unique(epochs):
-    sel = epochs == epoch
-    indices[sel] = _permutation(seed, split_id, int(epoch), n)[within[sel]]
-  return indices, np.ones(local, bool)
-
-
 def step_indices(config: Any, split: str, step: int, *, batch_size: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  repeat: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -467,16 +438,13 @@ def step_indices(config: Any, split: str, step: int, *, batch_size: int,
   """
   if repeat is None:
     repeat = split == "train"
-  return _rows(step, num_examples(config, split), _split_id(split),
-               batch_size=batch_size, seed=seed, process_index=process_index,
-               process_count=process_count, repeat=repeat)
+  return vc.step_rows(step, num_examples(config, split),
+                      split=_split_id(split), batch_size=batch_size, seed=seed,
+                      process_index=process_index, process_count=process_count,
+                      repeat=repeat, stream=_SHUFFLE_STREAM)
 
 
 # ------------------------------------------------------------------ tf.data
-
-
-
-
 
 
 def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
@@ -494,64 +462,22 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   split once, in order, the last batch padded with ``valid=False`` rows.
   ``start_step`` skips that many global batches in O(1).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   spec = _spec(config)
   split_id = _split_id(split)
-  n = num_examples(config, split)
-  process_index, process_count = data_pipelines.process_shard(
-      process_index, process_count)
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(
-        f"batch_size={batch_size} is invalid; expected a positive multiple "
-        f"of process_count={process_count}.")
-  if start_step < 0:
-    raise ValueError(f"start_step={start_step} is invalid; expected >= 0.")
-  if repeat is None:
-    repeat = split == "train"
   d = default_config()
-  parallel = int(_field(config, "num_parallel_calls", d.num_parallel_calls))
-  prefetch = int(_field(config, "prefetch", d.prefetch))
-  if parallel < 1 or prefetch < 0:
-    raise ValueError(
-        f"data.num_parallel_calls={parallel}, data.prefetch={prefetch} are "
-        "invalid; expected num_parallel_calls >= 1 and prefetch >= 0.")
-  data_pipelines.configure_tensorflow()
-  numpy_calls.CALLS.register()
-
-  local = batch_size // process_count
   s = spec.image_size
-  rows = functools.partial(
-      _rows, n=n, split_id=split_id, batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count, repeat=repeat)
 
-  def render(step):  # NumPy, outside the graph.
-    with numpy_calls.CALLS as work:
-      indices, valid = rows(int(step))
-      if not work:  # Exiting: only let tf.data fill its buffers.
-        valid = np.zeros_like(valid)
-      images, segs = _render_rows(spec, seed, split_id, indices, valid)
-      return images, segs, valid
+  def load_rows(indices, valid):
+    images, segs = _render_rows(spec, seed, split_id, indices, valid)
+    return {"image": images, "segmentation": segs}
 
-  def to_batch(step):
-    images, segs, valid = tf.numpy_function(
-        render, [step], (tf.float32, tf.int32, tf.bool), stateful=False)
-    batch = {"image": tf.ensure_shape(images, [local, s, s, 3]),
-             "segmentation": tf.ensure_shape(segs, [local, s, s])}
-    if not repeat:
-      batch["valid"] = tf.ensure_shape(valid, [local])
-    return batch
-
-  if repeat:
-    steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)
-  else:
-    steps = tf.data.Dataset.range(start_step, -(-n // batch_size))
-  ds = steps.map(to_batch, num_parallel_calls=parallel, deterministic=True)
-  if prefetch:
-    ds = ds.prefetch(prefetch)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.autotune.enabled = False
-  options.threading.private_threadpool_size = parallel
-  options.threading.max_intra_op_parallelism = 1
-  return ds.with_options(options)
+  return vc.make_dataset(
+      load_rows, {"image": vc.Feature((s, s, 3), np.float32),
+                  "segmentation": vc.Feature((s, s), np.int32)},
+      n=num_examples(config, split), split=split, batch_size=batch_size,
+      seed=seed, start_step=start_step, process_index=process_index,
+      process_count=process_count, repeat=repeat,
+      num_parallel_calls=int(_field(config, "num_parallel_calls",
+                                    d.num_parallel_calls)),
+      prefetch=int(_field(config, "prefetch", d.prefetch)),
+      shuffle_stream=_SHUFFLE_STREAM)

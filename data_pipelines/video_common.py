@@ -1,7 +1,9 @@
 """Shared machinery of the video datasets: index streams, tf.data, TFRecords.
 
 Every video dataset in this package keeps the contract of
-``data_pipelines/__init__.py``. This module holds what they share:
+``data_pipelines/__init__.py``. This module holds what they share (the index
+stream and `make_dataset` also serve the procedural image dataset,
+``sprites``):
 
 * the index stream: global batch ``s`` is positions ``s*G .. s*G+G-1`` of a
   stream that visits the split in a fresh permutation per epoch (a function
@@ -147,16 +149,18 @@ def seed_word(seed: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def permutation(seed: int, split: int, epoch: int, n: int) -> np.ndarray:
-  rng = np.random.default_rng([SHUFFLE_STREAM, seed_word(seed), split, epoch])
+def permutation(seed: int, split: int, epoch: int, n: int,
+                stream: int = SHUFFLE_STREAM) -> np.ndarray:
+  """The epoch's permutation of ``range(n)``; ``stream`` is the first word."""
+  rng = np.random.default_rng([stream, seed_word(seed), split, epoch])
   perm = rng.permutation(n)
   perm.flags.writeable = False
   return perm
 
 
 def step_rows(step: int, n: int, *, split: int, batch_size: int, seed: int,
-              process_index: int, process_count: int,
-              repeat: bool) -> tuple[np.ndarray, np.ndarray]:
+              process_index: int, process_count: int, repeat: bool,
+              stream: int = SHUFFLE_STREAM) -> tuple[np.ndarray, np.ndarray]:
   """Example indices of this process's rows of global batch ``step``.
 
   Returns:
@@ -173,7 +177,8 @@ def step_rows(step: int, n: int, *, split: int, batch_size: int, seed: int,
   indices = np.empty_like(pos)
   for epoch in np.unique(epochs):
     sel = epochs == epoch
-    indices[sel] = permutation(seed, split, int(epoch), n)[within[sel]]
+    indices[sel] = permutation(seed, split, int(epoch), n,
+                               stream)[within[sel]]
   return indices, np.ones(local, bool)
 
 
@@ -203,7 +208,7 @@ def make_dataset(load_rows: Callable[[np.ndarray, np.ndarray],
                  batch_size: int, seed: int, start_step: int,
                  process_index: int | None, process_count: int | None,
                  repeat: bool | None, num_parallel_calls: int = 2,
-                 prefetch: int = 2):
+                 prefetch: int = 2, shuffle_stream: int = SHUFFLE_STREAM):
   """This process's batches as a `tf.data.Dataset` (see the module doc).
 
   Args:
@@ -214,6 +219,7 @@ def make_dataset(load_rows: Callable[[np.ndarray, np.ndarray],
     num_parallel_calls: batches produced in parallel (and the private
       thread-pool size).
     prefetch: batches prefetched.
+    shuffle_stream: first word of the shuffling seed sequence.
     Others: as in ``data_pipelines.get_dataset``.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -235,7 +241,7 @@ def make_dataset(load_rows: Callable[[np.ndarray, np.ndarray],
   rows = functools.partial(
       step_rows, n=n, split=sid, batch_size=batch_size, seed=seed,
       process_index=process_index, process_count=process_count,
-      repeat=repeat)
+      repeat=repeat, stream=shuffle_stream)
 
   numpy_calls.CALLS.register()
 
