@@ -84,12 +84,7 @@ PRESETS = {
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f"Unknown preset {preset!r} of {NAME}; known: "
-                     f"{', '.join(PRESETS)}.")
-  c = default_config()
-  c.update(PRESETS[preset])
-  return c
+  return vc.preset(NAME, PRESETS, default_config, preset)
 
 
 # ------------------------------------------------------------ COCO RLE masks

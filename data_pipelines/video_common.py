@@ -54,6 +54,17 @@ FORMAT_VERSION = 1
 # ------------------------------------------------------------------ configs
 
 
+def preset(name: str, presets: Mapping[str, Mapping[str, Any]],
+           default_config: Callable[[], Any], key: str):
+  """``default_config()`` updated with ``presets[key]``; unknown keys named."""
+  if key not in presets:
+    raise ValueError(f"Unknown preset {key!r} of {name}; known: "
+                     f"{', '.join(presets) or 'none'}.")
+  c = default_config()
+  c.update(presets[key])
+  return c
+
+
 def split_id(split: str) -> int:
   data_pipelines._check_split(split)  # pylint: disable=protected-access
   return SPLIT_IDS[split]
