@@ -21,20 +21,7 @@ import numpy as np
 
 import data_pipelines
 from data_pipelines import video_common as vc
-
-
-def palette(n: int = 256) -> np.ndarray:
-  """[n, 3] uint8: black for id 0, then well-separated hues."""
-  base = np.array([
-      [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-      [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
-      [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
-      [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195],
-      [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]],
-                  np.uint8)
-  reps = -(-(n - 1) // len(base))
-  return np.concatenate([np.zeros((1, 3), np.uint8),
-                         np.tile(base, (reps, 1))[:n - 1]], 0)
+from data_pipelines.inspect import palette  # noqa: F401  (also public here)
 
 
 def strip_image(batch: Mapping[str, Any], *, max_videos: int = 4,
