@@ -1,8 +1,6 @@
 """Tests for ocjax.metrics.segmentation (ARI, MSC, mIoU, MSE)."""
 
 import functools
-import os
-from pathlib import Path
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -17,10 +15,6 @@ from sklearn.metrics import adjusted_rand_score
 from ocjax.metrics import segmentation as seg
 
 # Fixtures root: $OCJAX_FIXTURES, else <repo>/../shared/fixtures.
-_FIXTURES = Path(os.environ.get(
-    "OCJAX_FIXTURES",
-    Path(__file__).resolve().parents[2] / "shared/fixtures"))
-_GENESIS_NPZ = _FIXTURES / "genesis_v2_reference/objects_room_k7.npz"
 
 _SCORES = ("ari", "ari_fg", "msc", "msc_fg", "msc_scaled", "msc_fg_scaled")
 
@@ -40,13 +34,10 @@ def _sklearn_ari(pred, true, foreground_only=False):
 
 
 @pytest.fixture(scope="module")
-def genesis_metric_cases():
-  if not _GENESIS_NPZ.exists():
-    pytest.skip(f"GENESIS-V2 fixture not found at {_GENESIS_NPZ} (set "
-                "OCJAX_FIXTURES to the fixtures directory).")
-  data = np.load(_GENESIS_NPZ)
+def genesis_metric_cases(genesis_v2_reference):
+  data = genesis_v2_reference  # conftest: $OCJAX_FIXTURES or shared/
   return [{key[len(f"metric/case{c}/"):]: data[key]
-           for key in data.files if key.startswith(f"metric/case{c}/")}
+           for key in data if key.startswith(f"metric/case{c}/")}
           for c in range(int(data["metric/num_cases"]))]
 
 
