@@ -14,8 +14,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from ocjax.metrics import segmentation as seg
 
-# Fixtures root: $OCJAX_FIXTURES, else <repo>/../shared/fixtures.
-
 _SCORES = ("ari", "ari_fg", "msc", "msc_fg", "msc_scaled", "msc_fg_scaled")
 
 
