@@ -14,20 +14,14 @@ import argparse
 import os
 import sys
 
-import types
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import conftest  # noqa: E402  pylint: disable=g-import-not-at-top
 import test_genesis_v2_parity as parity  # noqa: E402
 
-from ocjax.convert import genesis_v2 as convert  # noqa: E402
 from ocjax.metrics import segmentation as seg  # noqa: E402
-from ocjax.models import genesis_v2  # noqa: E402
-from ocjax.objectives import geco as geco_lib  # noqa: E402
 
 
 def rel(ours, ref):
@@ -37,43 +31,15 @@ def rel(ours, ref):
 
 def geco_trace(ref, trace):
   """(EMA bit-exact?, max rel. error of beta and loss) over a GECO trace."""
-  g = geco_lib.Geco(
-      goal=float(ref["geco/goal"]), step_size=float(ref["geco/step_size"]),
-      alpha=float(ref["geco/alpha"]), beta_init=float(ref["geco/beta_init"]),
-      beta_min=float(ref["geco/beta_min"]),
-      beta_max=float(ref["geco/beta_max"]),
-      speedup=float(ref["geco/speedup"]))
-  objective = geco_lib.GecoObjective(geco=g)
-  state = objective.init()
-  step = jax.jit(lambda losses, s: objective(
-      types.SimpleNamespace(losses=losses), s))
-  emas, betas, losses = [], [], []
-  for err, kl in zip(ref[f"{trace}/err_in"], ref[f"{trace}/kl_in"]):
-    loss, state, _ = step(dict(nll=jnp.float32([err]), kl=jnp.float32([kl])),
-                          state)
-    emas.append(state.err_ema)
-    betas.append(state.beta)
-    losses.append(loss)
-  ema_exact = bool(np.array_equal(np.float32(emas), ref[f"{trace}/ema"]))
-  return ema_exact, max(rel(betas, ref[f"{trace}/beta"]),
-                        rel(losses, ref[f"{trace}/loss"]))
+  out = parity.run_geco_trace(ref, trace)
+  exact = bool(np.array_equal(out["ema"], ref[f"{trace}/ema"]))
+  return exact, max(rel(out[k], ref[f"{trace}/{k}"])
+                    for k in ("beta", "beta_used", "loss"))
 
 
 def prior_samples(ref):
-  """Max rel. error of every tensor of the prior-sampling trace."""
-  params = convert.torch_to_params(parity._state_dict(ref), parity.CFG)  # pylint: disable=protected-access
-  eps = jnp.asarray(ref["sample/eps"].transpose(1, 0, 2))
-  out = jax.jit(lambda p, e: genesis_v2.GenesisV2().apply(
-      {"params": p}, e.shape[0], noise=dict(prior_eps=e),
-      method=genesis_v2.GenesisV2.sample))(params, eps)
-  kb, kbc, nchw = parity._kb, parity._kb_chw, parity._nchw  # pylint: disable=protected-access
-  s = lambda k: ref[f"sample/{k}"]
-  pairs = [(kb(out["z"]), s("z")), (kb(out["prior_mu"][:, 1:]), s("prior_mu")),
-           (kb(out["prior_sigma"][:, 1:]), s("prior_sigma")),
-           (kb(out["prior_h"]), s("lstm_out")),
-           (kbc(out["components"]), s("x_k")),
-           (kbc(out["log_pi"]), s("log_m_k")), (nchw(out["image"]), s("recon"))]
-  return max(rel(a, b) for a, b in pairs)
+  """Max rel. error over the tensors of the prior-sampling trace."""
+  return max(rel(a, b) for a, b in parity.run_prior_samples(ref).values())
 
 
 def metric_values(ref):

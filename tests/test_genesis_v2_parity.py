@@ -267,8 +267,8 @@ def test_gradients_float64(ref, gate):
   assert checked >= (20 if gate else 78)
 
 
-@pytest.mark.parametrize("trace", ["geco", "geco_cross"])
-def test_geco_trace(ref, trace):
+def run_geco_trace(ref, trace):
+  """Replays the fixture's GECO trace; ``{key: [steps]}`` as the fixture's."""
   g = geco_lib.Geco(
       goal=float(ref["geco/goal"]), step_size=float(ref["geco/step_size"]),
       alpha=float(ref["geco/alpha"]), beta_init=float(ref["geco/beta_init"]),
@@ -279,33 +279,44 @@ def test_geco_trace(ref, trace):
   state = objective.init()
   step = jax.jit(lambda losses, s: objective(
       types.SimpleNamespace(losses=losses), s))
-  losses, betas_used, betas, emas = [], [], [], []
+  out = {"loss": [], "beta_used": [], "beta": [], "ema": []}
   for err, kl in zip(ref[f"{trace}/err_in"], ref[f"{trace}/kl_in"]):
     losses_in = dict(nll=jnp.float32([err]), kl=jnp.float32([kl]))
     loss, state, metrics = step(losses_in, state)
-    losses.append(loss)
-    betas_used.append(metrics["beta"])
-    betas.append(state.beta)
-    emas.append(state.err_ema)
-  np.testing.assert_array_equal(np.float32(emas), ref[f"{trace}/ema"])
-  np.testing.assert_allclose(betas, ref[f"{trace}/beta"], rtol=1e-6)
-  np.testing.assert_allclose(betas_used, ref[f"{trace}/beta_used"], rtol=1e-6)
-  np.testing.assert_allclose(losses, ref[f"{trace}/loss"], rtol=1e-6)
+    out["loss"].append(loss)
+    out["beta_used"].append(metrics["beta"])
+    out["beta"].append(state.beta)
+    out["ema"].append(state.err_ema)
+  return {k: np.float32(v) for k, v in out.items()}
 
 
-def test_prior_samples(ref):
+def run_prior_samples(ref):
+  """Our prior samples with the fixture's draws, paired with the fixture's.
+
+  Returns ``{fixture key: (ours, reference)}`` in the reference's layouts.
+  """
   params = convert.torch_to_params(_state_dict(ref), CFG)
   eps = jnp.asarray(ref["sample/eps"].transpose(1, 0, 2))
   out = jax.jit(lambda p, e: genesis_v2.GenesisV2().apply(
       {"params": p}, e.shape[0], noise=dict(prior_eps=e),
-      method=genesis_v2.GenesisV2.sample), static_argnums=())(params, eps)
-  s = lambda k: ref[f"sample/{k}"]
-  tol = 2e-5
-  _assert_close(_kb(out["z"]), s("z"), tol, "z")
-  _assert_close(_kb(out["prior_mu"][:, 1:]), s("prior_mu"), tol, "prior_mu")
-  _assert_close(_kb(out["prior_sigma"][:, 1:]), s("prior_sigma"), tol,
-                "prior_sigma")
-  _assert_close(_kb(out["prior_h"]), s("lstm_out"), tol, "lstm_out")
-  _assert_close(_kb_chw(out["components"]), s("x_k"), tol, "x_k")
-  _assert_close(_kb_chw(out["log_pi"]), s("log_m_k"), tol, "log_m_k")
-  _assert_close(_nchw(out["image"]), s("recon"), tol, "recon")
+      method=genesis_v2.GenesisV2.sample))(params, eps)
+  ours = {"z": _kb(out["z"]), "prior_mu": _kb(out["prior_mu"][:, 1:]),
+          "prior_sigma": _kb(out["prior_sigma"][:, 1:]),
+          "lstm_out": _kb(out["prior_h"]), "x_k": _kb_chw(out["components"]),
+          "log_m_k": _kb_chw(out["log_pi"]), "recon": _nchw(out["image"])}
+  return {k: (v, ref[f"sample/{k}"]) for k, v in ours.items()}
+
+
+@pytest.mark.parametrize("trace", ["geco", "geco_cross"])
+def test_geco_trace(ref, trace):
+  out = run_geco_trace(ref, trace)
+  np.testing.assert_array_equal(out["ema"], ref[f"{trace}/ema"])
+  for key in ("beta", "beta_used", "loss"):
+    np.testing.assert_allclose(out[key], ref[f"{trace}/{key}"], rtol=1e-6)
+
+
+def test_prior_samples(ref):
+  pairs = run_prior_samples(ref)
+  assert len(pairs) == 7
+  for name, (ours, want) in pairs.items():
+    _assert_close(ours, want, 2e-5, name)
