@@ -22,15 +22,18 @@ The contract every dataset here keeps (see ../shared/DESIGN.md):
 
 Datasets are looked up by ``config.name`` in ``DATASETS``: a table of module
 names, imported on first use so that one dataset's optional dependencies do not
-burden the others. A module provides ``get_dataset(config, split, *,
-batch_size, seed, start_step, process_index, process_count, repeat)`` and
-``num_examples(config, split)``.
+burden the others. A module provides ``default_config()``,
+``get_dataset(config, split, *, batch_size, seed, start_step, process_index,
+process_count, repeat)`` and ``num_examples(config, split)``, and may provide
+``preset_config(preset)`` and ``user_preprocessing(config)``. The modules
+build their streams with `data_pipelines.stream`, the one stream engine
+(configs, seeds, index streams, tf.data, errors, TFRecord access).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Sequence
 
 # name -> module implementing it.
 DATASETS: dict[str, str] = {
@@ -67,6 +70,33 @@ def _module(name: str):
   return importlib.import_module(DATASETS[name])
 
 
+def dataset_config(name: str, *, preset: str = "", variant: str | None = None,
+                   data_dir: str | None = None,
+                   overrides: Sequence[str] = ()) -> Any:
+  """A dataset's ``data`` config, as the command-line tools build it.
+
+  The module's ``default_config()`` (or ``preset_config(preset)``), named
+  ``name`` (modules serve several names), then ``variant``, ``data_dir``
+  and ``field=value`` overrides (typed by the field, see
+  `stream.apply_overrides`).
+  """
+  from data_pipelines import stream  # pylint: disable=g-import-not-at-top
+  module = _module(name)
+  if preset:
+    if not hasattr(module, "preset_config"):
+      raise ValueError(f"{name} has no presets.")
+    config = module.preset_config(preset)
+  else:
+    config = module.default_config()
+  config.name = name
+  for key, value in (("variant", variant), ("data_dir", data_dir)):
+    if value is not None:
+      if key not in config:
+        raise ValueError(f"{name} has no field data.{key}.")
+      config[key] = value
+  return stream.apply_overrides(config, overrides)
+
+
 def _check_split(split: str, allowed=SPLITS) -> None:
   if split not in allowed:
     raise ValueError(f"Unknown split {split!r}; expected one of {allowed}.")
@@ -76,8 +106,10 @@ def process_shard(process_index: int | None, process_count: int | None):
   """Returns (process_index, process_count), defaulting to JAX's."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
   if not 0 <= process_index < process_count:
     raise ValueError(
         f"process_index={process_index} outside [0, {process_count}).")
@@ -117,12 +149,27 @@ def num_examples(config: Any, split: str) -> int:
   return _module(config.name).num_examples(config, split)
 
 
+def preprocessing_for(config: Any):
+  """How to prepare a user's own image as this dataset's images were: the
+  dataset module's ``user_preprocessing(config)``, else a centre crop to a
+  square and a bilinear resize (`data_pipelines.preprocess`)."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  name = str(config.name)
+  module = _module(name) if name in DATASETS else None
+  if module is not None and hasattr(module, "user_preprocessing"):
+    return module.user_preprocessing(config)
+  note = "" if module is not None else (
+      "no preprocessing known for this dataset; default: "
+      f"{preprocess.square_text(int(config.image_size))} (bilinear)")
+  return preprocess.square(config, note)
+
+
 def iterate(ds):
   """NumPy batches of ``ds``; a corrupt or truncated file raises a
   `DatasetReadError` naming the dataset and file instead of a TensorFlow
   traceback."""
-  from data_pipelines import image_common  # pylint: disable=g-import-not-at-top
-  return image_common.iterate(ds)
+  from data_pipelines import stream  # pylint: disable=g-import-not-at-top
+  return stream.iterate(ds)
 
 
 def configure_tensorflow() -> None:

@@ -31,8 +31,8 @@ from typing import Any
 
 import ml_collections
 
-import data_pipelines
 from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 WHERE = ("http://apc.cs.princeton.edu (the \"Object Segmentation Training "
          "Dataset\", http://3dvision.princeton.edu/projects/2016/apc/"
@@ -87,7 +87,7 @@ def scenes(data_dir: str) -> list[str]:
         if scene.startswith("scene-"):
           out.append(f"{location}/{obj}/{scene}")
   if not out:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"APC: no scene folders under {root!r}.\nExpected layout:\n"
         f"{EXPECTED}\nGet the data from: {WHERE}")
   return sorted(out)
@@ -97,10 +97,10 @@ _INDEX: dict[tuple[Any, ...], _Files] = {}
 
 
 def _files(config: Any, split: str) -> _Files:
-  cfg = ic.resolve(config, default_config())
+  cfg = stream.resolve(config, default_config())
   data_dir = ic.require_data_dir(cfg, what="APC", expected=EXPECTED,
                                  where=WHERE)
-  seed = ic.check_int(cfg.split_seed, "split_seed", 0)
+  seed = stream.check_int(cfg.split_seed, "split_seed", 0)
   frac = float(cfg.eval_fraction)
   if not 0.0 <= frac < 0.5:
     raise ValueError(f"data.eval_fraction={frac} is invalid; expected "
@@ -109,8 +109,8 @@ def _files(config: Any, split: str) -> _Files:
   if key in _INDEX:
     return _INDEX[key]
   root = _training_dir(data_dir)
-  chosen = ic.split_groups(scenes(data_dir), seed=seed,
-                           eval_fraction=frac)[split]
+  chosen = stream.split_groups(scenes(data_dir), seed=seed,
+                               eval_fraction=frac)[split]
   if not chosen:
     raise ValueError(f"APC split {split!r} has no scenes "
                      f"(data.eval_fraction={frac}).")
@@ -127,13 +127,13 @@ def _files(config: Any, split: str) -> _Files:
       images.append(os.path.join(scene_dir, name))
       mask_name = f"{m.group(1)}.mask.png"
       if have_masks and mask_name not in mask_names:
-        raise ic.DatasetNotFoundError(
+        raise stream.DatasetNotFoundError(
             f"APC mask {os.path.join(mask_dir, mask_name)!r} (for "
             f"{images[-1]!r}) not found.\nExpected layout:\n{EXPECTED}\n"
             f"Get the data from: {WHERE}")
       masks.append(os.path.join(mask_dir, mask_name) if have_masks else "")
   if not images:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"APC split {split!r}: no frame-*.color.png files in its "
         f"{len(chosen)} scenes under {root!r}.\nExpected layout:\n"
         f"{EXPECTED}\nGet the data from: {WHERE}")
@@ -143,18 +143,18 @@ def _files(config: Any, split: str) -> _Files:
 
 def split_scenes(config: Any, split: str) -> list[str]:
   """The scenes of a split (relative to training/)."""
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return list(_files(config, split).scenes)
 
 
 def split_images(config: Any, split: str) -> list[str]:
   """The colour frames of a split, in order."""
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return list(_files(config, split).images)
 
 
 def num_examples(config: Any, split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return len(_files(config, split).images)
 
 
@@ -185,10 +185,10 @@ def _check_first(files: _Files) -> None:
       with Image.open(path) as im:
         w, h = im.size
     except (OSError, ValueError) as e:
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"APC {what} {path!r} cannot be read as a PNG ({e}).") from None
     if (h, w) != RAW_SIZE:
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"APC {what} {path!r} is {h}x{w}; the published frames are "
           f"{RAW_SIZE[0]}x{RAW_SIZE[1]}.")
 
@@ -201,13 +201,13 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   ``segmentation`` is 1 on the object, 0 elsewhere. Without ``repeat`` also
   ``valid`` [b] (padding rows are zeros).
   """
-  ic.check_stream_args(split, batch_size, start_step, process_index,
-                       process_count)
-  cfg = ic.resolve(config, default_config())
-  size = ic.check_int(cfg.image_size, "image_size", 1)
+  stream.check_stream_args(split, batch_size, start_step, process_index,
+                           process_count)
+  cfg = stream.resolve(config, default_config())
+  size = stream.check_int(cfg.image_size, "image_size", 1)
   files = _files(config, split)
   _check_first(files)
-  tf = ic.tf()
+  tf = stream.tf()
   images = tf.constant(files.images)
   masks = tf.constant(files.masks)
   (oh, ow), top, left = resize_geometry(size)
@@ -234,8 +234,17 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   context = (f"APC split {split!r} ({len(files.scenes)} scenes, "
              f"{len(files.images)} frames, e.g. {files.images[0]})")
-  return ic.indexed_dataset(
+  return stream.indexed_dataset(
       load, num_examples=len(files.images), batch_size=batch_size, seed=seed,
       start_step=start_step, process_index=process_index,
       process_count=process_count, repeat=repeat, config=config,
       context=context)
+
+
+def user_preprocessing(config: Any):
+  """Shorter side to the model's size and a centre crop."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  size = int(config.image_size)
+  return preprocess.square(config, (
+      f"shorter side to {size} and centre crop, i.e. "
+      f"{preprocess.square_text(size)} (bilinear)"))

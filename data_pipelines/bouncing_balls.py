@@ -40,6 +40,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "bouncing_balls"
@@ -97,7 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  return vc.preset(NAME, PRESETS, default_config, preset)
+  return stream.preset(NAME, PRESETS, default_config, preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,34 +119,29 @@ class Spec:
 
 def spec_from_config(config: Any) -> Spec:
   """Validates the scene fields; raises ValueError naming a field."""
-  size = vc.positive_int(config, "image_size", minimum=16)
+  size = stream.int_field(config, "image_size", 16)
   scale = size / _REFERENCE_SIZE
-  variant = vc.field(config, "variant")
-  if variant not in VARIANTS:
-    raise ValueError(f"data.variant={variant!r} is unknown; expected one of "
-                     f"{VARIANTS}.")
-  num_colours = vc.positive_int(config, "num_colours")
+  variant = stream.check_choice(stream.field(config, "variant"), "variant",
+                                VARIANTS)
+  num_colours = stream.int_field(config, "num_colours")
   if num_colours > len(PALETTE):
     raise ValueError(f"data.num_colours={num_colours} is invalid; expected "
                      f"<= {len(PALETTE)}.")
-  masses = tuple(float(m) for m in vc.field(config, "mass_choices"))
+  masses = tuple(float(m) for m in stream.field(config, "mass_choices"))
   if not masses or min(masses) <= 0:
     raise ValueError(f"data.mass_choices={masses} is invalid; expected "
                      "positive masses.")
-  radius = float(vc.field(config, "radius")) * scale
-  lo, hi = (float(s) * scale for s in vc.field(config, "speed"))
-  if not 0 <= lo <= hi:
-    raise ValueError(f"data.speed={vc.field(config, 'speed')} is invalid; "
-                     "expected 0 <= min <= max.")
+  radius = float(stream.field(config, "radius")) * scale
+  lo, hi = (s * scale for s in stream.float_range(config, "speed", 0.0))
   spec = Spec(
       image_size=size,
-      episode_length=vc.positive_int(config, "episode_length"),
-      num_balls=vc.int_range(config, "num_balls", minimum=1),
-      test_num_balls=vc.int_range(config, "test_num_balls", minimum=1),
+      episode_length=stream.int_field(config, "episode_length"),
+      num_balls=stream.int_range(config, "num_balls", minimum=1),
+      test_num_balls=stream.int_range(config, "test_num_balls", minimum=1),
       variant=variant, num_colours=num_colours, radius=radius,
       mass_choices=masses, speed=(lo, hi),
-      substeps=vc.positive_int(config, "substeps"),
-      content_seed=int(vc.field(config, "content_seed")))
+      substeps=stream.int_field(config, "substeps"),
+      content_seed=int(stream.field(config, "content_seed")))
   r_max = radius * max(masses) ** (1 / 3)
   n_max = max(spec.num_balls[1], spec.test_num_balls[1])
   if r_max <= 0 or n_max * np.pi * r_max**2 > 0.5 * size * size:
@@ -249,8 +245,8 @@ def colourise(segmentation: np.ndarray, colours: np.ndarray) -> np.ndarray:
 def generate_episode(spec: Spec, split: str, index: int) -> dict[str, Any]:
   """One video: ``video`` uint8 [T, S, S, 3], ``segmentation`` uint8."""
   rng = np.random.default_rng([
-      vc.CONTENT_STREAM, _DATASET_TAG, vc.seed_word(spec.content_seed),
-      vc.split_id(split), int(index)])
+      vc.CONTENT_STREAM, _DATASET_TAG, stream.seed_word(spec.content_seed),
+      stream.split_id(split), int(index)])
   lo, hi = spec.test_num_balls if split == "test" else spec.num_balls
   n = int(rng.integers(lo, hi + 1))
   positions, _, radii, _ = simulate(rng, n, spec)

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import bouncing_balls
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "bouncing_balls_rnem"
@@ -61,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  return vc.preset(NAME, PRESETS, default_config, preset)
+  return stream.preset(NAME, PRESETS, default_config, preset)
 
 
 class _H5Split:
@@ -123,15 +124,15 @@ def _open(path: str, group: str) -> _H5Split:
 
 
 def _split_file(config: Any, split: str) -> tuple[str, str]:
-  vc.split_id(split)
-  data_dir = vc.field(config, "data_dir")
+  stream.split_id(split)
+  data_dir = stream.field(config, "data_dir")
   if not data_dir:
     raise ValueError(
         f"data.data_dir is empty; {NAME} reads R-NEM's HDF5 files from it "
         "(balls4mass64.h5, balls678mass64.h5). For generated balls use "
         "data.name='bouncing_balls'.")
-  name = vc.field(config, "file")
-  if split == "test" and vc.field(config, "test_file"):
+  name = stream.field(config, "file")
+  if split == "test" and stream.field(config, "test_file"):
     name = config.test_file
   path = os.path.join(os.path.abspath(data_dir), name)
   if not os.path.exists(path):
@@ -155,20 +156,18 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   int32 [b, T, H, W] and, when not repeating, ``valid`` bool [b].
   """
   h5 = _open(*_split_file(config, split))
-  t = vc.positive_int(config, "num_frames")
+  t = stream.int_field(config, "num_frames")
   if t > h5.num_frames:
     raise ValueError(f"data.num_frames={t} exceeds the {h5.num_frames} "
                      f"frames of {h5.path}.")
-  variant = vc.field(config, "variant")
-  if variant not in bouncing_balls.VARIANTS:
-    raise ValueError(f"data.variant={variant!r} is unknown; expected one of "
-                     f"{bouncing_balls.VARIANTS}.")
-  num_colours = vc.positive_int(config, "num_colours")
+  variant = stream.check_choice(stream.field(config, "variant"), "variant",
+                                bouncing_balls.VARIANTS)
+  num_colours = stream.int_field(config, "num_colours")
   if num_colours > len(bouncing_balls.PALETTE):
     raise ValueError(f"data.num_colours={num_colours} is invalid; expected "
                      f"<= {len(bouncing_balls.PALETTE)}.")
-  content_seed = vc.seed_word(vc.field(config, "content_seed"))
-  sid = vc.split_id(split)
+  content_seed = stream.seed_word(stream.field(config, "content_seed"))
+  sid = stream.split_id(split)
   h, w = h5.height, h5.width
 
   def load_rows(indices, valid):
@@ -190,8 +189,8 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
         video[row] = bouncing_balls.colourise(ids, colours) / 255.0
     return {"video": video, "segmentation": seg}
 
-  return vc.make_dataset(
+  return stream.make_dataset(
       load_rows, vc.episode_features(t, h, w), n=h5.num_videos, split=split,
       batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count,
-      repeat=repeat, **vc.stream_options(config))
+      repeat=repeat, options=stream.stream_options(config))

@@ -44,6 +44,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "clevrer"
@@ -84,7 +85,7 @@ PRESETS = {
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  return vc.preset(NAME, PRESETS, default_config, preset)
+  return stream.preset(NAME, PRESETS, default_config, preset)
 
 
 # ------------------------------------------------------------ COCO RLE masks
@@ -166,7 +167,7 @@ def _require_ffmpeg():
 
 
 def _root(config: Any) -> str:
-  data_dir = vc.field(config, "data_dir")
+  data_dir = stream.field(config, "data_dir")
   if not data_dir:
     raise ValueError(
         "data.data_dir is empty; the clevrer dataset reads CLEVRER's "
@@ -224,20 +225,20 @@ def _annotation(root: str, which: str, video_id: int):
 
 
 def _span(config: Any) -> int:
-  return (vc.positive_int(config, "num_frames") - 1) * vc.positive_int(
+  return (stream.int_field(config, "num_frames") - 1) * stream.int_field(
       config, "frame_stride") + 1
 
 
 def _test_window(ann: dict, config: Any, path: str) -> int | None:
   """First start of a window with enough visible objects and motion."""
-  lo, hi = vc.int_range(config, "test_num_objects", minimum=1)
+  lo, hi = stream.int_range(config, "test_num_objects", minimum=1)
   if not lo <= len(ann["object_property"]) <= hi:
     return None
   traj = ann["motion_trajectory"]
   span = _span(config)
-  stride = vc.positive_int(config, "frame_stride")
-  need = vc.positive_int(config, "test_min_visible", minimum=0)
-  threshold = float(vc.field(config, "motion_threshold"))
+  stride = stream.int_field(config, "frame_stride")
+  need = stream.int_field(config, "test_min_visible", 0)
+  threshold = float(stream.field(config, "motion_threshold"))
   visible, moving = [], []
   for frame in traj:
     objs = frame.get("objects", [])
@@ -292,10 +293,10 @@ _INDEX_FIELDS = ("num_frames", "frame_stride", "clip_stride",
 
 def _index(config: Any, split: str) -> tuple[str, np.ndarray]:
   """(root, [n, 2] rows of (video position, first frame))."""
-  vc.split_id(split)
+  stream.split_id(split)
   root = _root(config)
-  key = tuple((k, tuple(vc.field(config, k)) if isinstance(
-      vc.field(config, k), (tuple, list)) else vc.field(config, k))
+  key = tuple((k, tuple(stream.field(config, k)) if isinstance(
+      stream.field(config, k), (tuple, list)) else stream.field(config, k))
               for k in _INDEX_FIELDS)
   return root, _index_cached(root, split, key)
 
@@ -423,7 +424,7 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   root, index = _index(config, split)
   which = _SPLIT_DIRS[split]
   videos = _videos(root, which)
-  mask_dir = vc.field(config, "mask_dir")
+  mask_dir = stream.field(config, "mask_dir")
   if split == "test" and not mask_dir:
     raise ValueError("data.mask_dir is empty; the clevrer test split is "
                      "scored on ground-truth masks (sim_XXXXX.json).")
@@ -432,11 +433,11 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
                             "directory.")
   if not len(index):
     raise ValueError(f"No {split!r} sequences found under {root}.")
-  t = vc.positive_int(config, "num_frames")
-  stride = vc.positive_int(config, "frame_stride")
-  size = vc.positive_int(config, "image_size", minimum=8)
-  crop = vc.positive_int(config, "crop_width", minimum=0)
-  threshold = float(vc.field(config, "mask_score_threshold"))
+  t = stream.int_field(config, "num_frames")
+  stride = stream.int_field(config, "frame_stride")
+  size = stream.int_field(config, "image_size", 8)
+  crop = stream.int_field(config, "crop_width", 0)
+  threshold = float(stream.field(config, "mask_score_threshold"))
   with_masks = bool(mask_dir)
 
   def load_rows(indices, valid):
@@ -460,8 +461,9 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
       out["segmentation"] = seg
     return out
 
-  return vc.make_dataset(
+  return stream.make_dataset(
       load_rows, vc.episode_features(t, size, size, with_masks),
       n=len(index), split=split, batch_size=batch_size, seed=seed,
       start_step=start_step, process_index=process_index,
-      process_count=process_count, repeat=repeat, **vc.stream_options(config))
+      process_count=process_count, repeat=repeat,
+      options=stream.stream_options(config))

@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "clevrer_like"
@@ -98,7 +99,7 @@ PRESETS = {
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  return vc.preset(NAME, PRESETS, default_config, preset)
+  return stream.preset(NAME, PRESETS, default_config, preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,42 +124,32 @@ class Spec:
   content_seed: int
 
 
-def _unit_float(config, name, lo=0.0, hi=1.0) -> float:
-  value = float(vc.field(config, name))
-  if not lo <= value <= hi:
-    raise ValueError(f"data.{name}={value} is invalid; expected a number in "
-                     f"[{lo}, {hi}].")
-  return value
-
-
 def spec_from_config(config: Any) -> Spec:
   """Validates the scene fields; raises ValueError naming a field."""
-  n = vc.int_range(config, "num_objects", minimum=1)
+  n = stream.int_range(config, "num_objects", minimum=1)
   if n[1] > len(SHAPES) * len(MATERIALS) * len(COLOURS):
     raise ValueError(f"data.num_objects={n} exceeds the number of distinct "
                      "objects.")
-  speed = tuple(float(s) for s in vc.field(config, "speed"))
-  if len(speed) != 2 or not 0 <= speed[0] <= speed[1]:
-    raise ValueError(f"data.speed={speed} is invalid; expected (min, max) "
-                     "with 0 <= min <= max.")
+  speed = stream.float_range(config, "speed", 0.0)
   return Spec(
-      image_size=vc.positive_int(config, "image_size", minimum=8),
-      episode_length=vc.positive_int(config, "episode_length"),
+      image_size=stream.int_field(config, "image_size", 8),
+      episode_length=stream.int_field(config, "episode_length"),
       num_objects=n,
-      object_size=_unit_float(config, "object_size", 0.05, 2.0),
-      enter_probability=_unit_float(config, "enter_probability"),
-      moving_probability=_unit_float(config, "moving_probability"),
+      object_size=stream.float_field(config, "object_size", 0.05, 2.0),
+      enter_probability=stream.float_field(config, "enter_probability"),
+      moving_probability=stream.float_field(config, "moving_probability"),
       speed=speed,
-      friction=_unit_float(config, "friction", 0.0, 100.0),
-      restitution=_unit_float(config, "restitution"),
-      frame_dt=_unit_float(config, "frame_dt", 1e-3, 10.0),
-      substeps=vc.positive_int(config, "substeps"),
-      supersampling=vc.positive_int(config, "supersampling"),
-      camera_distance=_unit_float(config, "camera_distance", 1.0, 1e3),
-      camera_elevation=_unit_float(config, "camera_elevation", 5.0, 90.0),
-      camera_azimuth=float(vc.field(config, "camera_azimuth")),
-      field_of_view=_unit_float(config, "field_of_view", 5.0, 120.0),
-      content_seed=int(vc.field(config, "content_seed")))
+      friction=stream.float_field(config, "friction", 0.0, 100.0),
+      restitution=stream.float_field(config, "restitution"),
+      frame_dt=stream.float_field(config, "frame_dt", 1e-3, 10.0),
+      substeps=stream.int_field(config, "substeps"),
+      supersampling=stream.int_field(config, "supersampling"),
+      camera_distance=stream.float_field(config, "camera_distance", 1.0, 1e3),
+      camera_elevation=stream.float_field(config, "camera_elevation", 5.0,
+                                          90.0),
+      camera_azimuth=float(stream.field(config, "camera_azimuth")),
+      field_of_view=stream.float_field(config, "field_of_view", 5.0, 120.0),
+      content_seed=int(stream.field(config, "content_seed")))
 
 
 def num_examples(config: Any, split: str) -> int:
@@ -467,8 +458,8 @@ def render_frame(objects, xy: np.ndarray, yaw: np.ndarray, eye: np.ndarray,
 def generate_episode(spec: Spec, split: str, index: int) -> dict[str, Any]:
   """One video: ``video`` uint8 [T, S, S, 3], ``segmentation`` uint8."""
   rng = np.random.default_rng([
-      vc.CONTENT_STREAM, _DATASET_TAG, vc.seed_word(spec.content_seed),
-      vc.split_id(split), int(index)])
+      vc.CONTENT_STREAM, _DATASET_TAG, stream.seed_word(spec.content_seed),
+      stream.split_id(split), int(index)])
   n = int(rng.integers(spec.num_objects[0], spec.num_objects[1] + 1))
   objects = _sample_objects(rng, n, spec)
   positions, yaws = simulate(rng, objects, spec)

@@ -31,8 +31,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-import data_pipelines
 from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 WHERE = ("https://www.robots.ox.ac.uk/~vgg/data/clevrtex/ (clevrtex_full_part"
          "{1..5}.tar.gz, clevrtex_outd.tar.gz, clevrtex_camo.tar.gz)")
@@ -99,23 +99,23 @@ def _all_files(data_dir: str, variant: str) -> _Files:
       index = int(m.group(1))
       mask = name[:-len(".png")] + "_flat.png"
       if mask not in have:
-        raise ic.DatasetNotFoundError(
+        raise stream.DatasetNotFoundError(
             f"CLEVRTEX mask {os.path.join(root, mask)!r} (for "
             f"{os.path.join(root, name)!r}) not found.\nExpected layout:\n"
             f"{_expected(variant)}\nGet the data from: {WHERE}")
       if index in found:
-        raise ic.DatasetFormatError(
+        raise stream.DatasetFormatError(
             f"CLEVRTEX index {index} appears twice: "
             f"{found[index][0]!r} and {os.path.join(root, name)!r}.")
       found[index] = (os.path.join(root, name), os.path.join(root, mask))
   if not found:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"CLEVRTEX: no CLEVRTEX_{variant}_NNNNNN.png files under {base!r}.\n"
         f"Expected layout:\n{_expected(variant)}\nGet the data from: {WHERE}")
   n = max(found) + 1
   missing = [i for i in range(n) if i not in found]
   if missing:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"CLEVRTEX {variant}: {len(missing)} of the indices 0..{n - 1} are "
         f"missing under {base!r} (first: {missing[:5]}); the benchmark's "
         f"index-based splits need them all. Get the data from: {WHERE}")
@@ -126,7 +126,7 @@ def _all_files(data_dir: str, variant: str) -> _Files:
 
 
 def _variant(cfg) -> str:
-  return ic.check_choice(cfg.variant or "full", "variant", VARIANTS)
+  return stream.check_choice(cfg.variant or "full", "variant", VARIANTS)
 
 
 def split_range(n: int, variant: str, split: str) -> tuple[int, int]:
@@ -141,7 +141,7 @@ def split_range(n: int, variant: str, split: str) -> tuple[int, int]:
 
 
 def _files(config: Any, split: str) -> tuple[_Files, int, int, str]:
-  cfg = ic.resolve(config, default_config())
+  cfg = stream.resolve(config, default_config())
   variant = _variant(cfg)
   data_dir = ic.require_data_dir(cfg, what=f"CLEVRTEX ({variant})",
                                  expected=_expected(variant), where=WHERE)
@@ -154,7 +154,7 @@ def _files(config: Any, split: str) -> tuple[_Files, int, int, str]:
 
 
 def num_examples(config: Any, split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   _, start, end, _ = _files(config, split)
   return end - start
 
@@ -179,11 +179,11 @@ def _check_first(files: _Files, start: int) -> None:
     with open(mask, "rb") as f:
       m = read_index_png(f.read())
   except (OSError, ValueError) as e:
-    raise ic.DatasetFormatError(
+    raise stream.DatasetFormatError(
         f"CLEVRTEX example {image!r} / {mask!r} cannot be read ({e}).") \
         from None
   if (h, w) != RAW_SIZE or m.shape != RAW_SIZE:
-    raise ic.DatasetFormatError(
+    raise stream.DatasetFormatError(
         f"CLEVRTEX {image!r} is {h}x{w} (mask {m.shape[0]}x{m.shape[1]}); "
         f"the published images are {RAW_SIZE[0]}x{RAW_SIZE[1]}.")
 
@@ -195,17 +195,17 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   Without ``repeat`` also ``valid`` [b] (padding rows are zeros).
   """
-  ic.check_stream_args(split, batch_size, start_step, process_index,
-                       process_count)
-  cfg = ic.resolve(config, default_config())
-  size = ic.check_int(cfg.image_size, "image_size", 1)
+  stream.check_stream_args(split, batch_size, start_step, process_index,
+                           process_count)
+  cfg = stream.resolve(config, default_config())
+  size = stream.check_int(cfg.image_size, "image_size", 1)
   frac = float(cfg.crop_fraction)
   if not 0.0 < frac <= 1.0:
     raise ValueError(f"data.crop_fraction={frac} is invalid; expected "
                      "(0, 1].")
   files, start, end, variant = _files(config, split)
   _check_first(files, start)
-  tf = ic.tf()
+  tf = stream.tf()
   images = tf.constant(files.images[start:end])
   masks = tf.constant(files.masks[start:end])
   crop = int(frac * float(min(RAW_SIZE)))
@@ -238,8 +238,18 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   context = (f"CLEVRTEX {variant} split {split!r} (indices {start}.."
              f"{end - 1}, e.g. {files.images[start]})")
-  return ic.indexed_dataset(
+  return stream.indexed_dataset(
       load, num_examples=end - start, batch_size=batch_size, seed=seed,
       start_step=start_step, process_index=process_index,
       process_count=process_count, repeat=repeat, config=config,
       context=context)
+
+
+def user_preprocessing(config: Any):
+  """CLEVRTEX's centre crop fraction, then bilinear."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  frac = float(config.get("crop_fraction", 0.8))
+  size = int(config.image_size)
+  return preprocess.Preprocess(size, frac, "bilinear", (
+      f"clevrtex: centre crop of {frac:.3g} x the shorter side, then resize "
+      f"to {size}x{size} (bilinear)"))

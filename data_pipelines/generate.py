@@ -35,6 +35,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+import data_pipelines
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 PROCEDURAL = {
@@ -73,7 +75,7 @@ def parse_episodes(value: str | None, splits: Sequence[str]):
   out = {}
   for item in value.split(","):
     split, n = item.split("=")
-    vc.split_id(split.strip())
+    stream.split_id(split.strip())
     out[split.strip()] = int(n)
   return out
 
@@ -85,8 +87,8 @@ def build_config(name: str, *, preset: str = "", overrides=(),
     raise ValueError(f"Unknown procedural dataset {name!r}; expected one of "
                      f"{', '.join(PROCEDURAL)}.")
   module = importlib.import_module(PROCEDURAL[name])
-  config = module.preset_config(preset) if preset else module.default_config()
-  vc.apply_overrides(config, overrides)
+  config = data_pipelines.dataset_config(name, preset=preset,
+                                         overrides=overrides)
   if seed is not None:
     config.content_seed = int(seed)
   for split, n in (episodes or {}).items():
@@ -129,10 +131,10 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
   if hasattr(module, "require_pybullet"):
     module.require_pybullet()
   for split in splits:
-    vc.split_id(split)
+    stream.split_id(split)
   if shard_size < 1 or workers < 1:
     raise ValueError("--shard_size and --workers must be >= 1.")
-  generation = {k: v for k, v in vc.config_to_json(config).items()
+  generation = {k: v for k, v in stream.config_to_json(config).items()
                 if k in module.GENERATION_FIELDS}
   os.makedirs(out, exist_ok=True)
   info_path = os.path.join(out, vc.INFO_FILE)
@@ -164,7 +166,7 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
   ep_shape = [spec.episode_length, spec.image_size, spec.image_size, 3]
   plan = {}
   for split in splits:
-    n = vc.num_split_examples(config, split)
+    n = stream.num_split_examples(config, split)
     num_shards = -(-n // shard_size)
     plan[split] = [(vc.shard_name(split, i, num_shards),
                     range(i * shard_size, min(n, (i + 1) * shard_size)))
@@ -175,7 +177,7 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
       path = os.path.join(out, fname)
       if os.path.exists(path):
         try:
-          if len(vc.RecordFile(path)) == len(indices):
+          if len(stream.RecordFile(path)) == len(indices):
             continue  # Finished by an earlier run.
         except ValueError:
           pass
@@ -202,7 +204,7 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
           if bar:
             bar.update(1)
 
-      vc.write_tfrecord(os.path.join(out, fname), records())
+      stream.write_tfrecord(os.path.join(out, fname), records())
   finally:
     if pool:
       pool.close()
@@ -216,7 +218,7 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
         "shards": [f for f, _ in shards]}
   info = {
       "name": name, "format_version": vc.FORMAT_VERSION,
-      "generation": generation, "config": vc.config_to_json(config),
+      "generation": generation, "config": stream.config_to_json(config),
       "episode_shape": ep_shape, "splits": info_splits,
       "encoding": ("video_png: frames stacked vertically [T*H, W, 3]; "
                    "segmentation_png: track ids [T*H, W] uint8"),

@@ -21,6 +21,19 @@ code; paper 002 App. D "the same preprocessing as Engelcke et al."):
   GENESIS resizes images and masks with ``F.interpolate``'s default
   nearest-neighbour rule, reproduced exactly (``resize_method``).
 
+CLEVR6 (IODINE, Slot Attention: CLEVR with masks restricted to scenes with
+at most 6 objects, 3-6 in practice): ``max_objects = 6``. A scene's objects
+are its foreground entities (those after the ``background_entities``) whose
+mask in the published file (before any crop) is non-empty; records with more
+than ``max_objects`` are dropped before anything else, so the splits above
+count the kept records: test = the first ``num_test`` kept records of the
+file, validation = the next ``num_validation`` kept records, train = all
+the remaining kept records, and ``num_examples``, the shuffled training
+stream, ``start_step`` and the padding of evaluation streams all refer to
+kept records. The train split's size (and a test set's) needs one pass over
+the file to count the kept records, once per process (logged; set
+``num_records`` to that count to skip the pass); test and validation do not.
+
 Streaming: a GZIP file can only be read front to back. Each epoch of a
 training stream reads the split's records in file order through a shuffle
 buffer of ``shuffle_buffer`` records (GENESIS: 128 x 32 = 4096) seeded by
@@ -29,12 +42,15 @@ rows of its slice of each global batch. Resuming at ``start_step`` starts at
 the right epoch and skips ``(start_step * G) mod N`` raw records of it
 through the shuffle buffer before parsing anything: exact, at a cost of at
 most one epoch of decompression (about 4 minutes for Objects Room's 1M
-records on one core), never a replay of earlier epochs.
+records on one core), never a replay of earlier epochs. With
+``max_objects`` every record's masks are parsed (in parallel) to filter it,
+and the kept ones again to make the example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from typing import Any
@@ -42,8 +58,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-import data_pipelines
 from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 WHERE = ("https://github.com/deepmind/multi_object_datasets (files at "
          "gs://multi-object-datasets/, e.g. `gsutil cp -r "
@@ -150,8 +166,14 @@ def default_config() -> ml_collections.ConfigDict:
   # num_validation, train = the rest.
   c.num_test = 10_000
   c.num_validation = 10_000
-  # Records in the file; -1 = the published count (counted for the small
-  # Objects Room test files). A wrong value stops the stream with an error.
+  # Keep only scenes with at most this many objects (foreground entities
+  # with a non-empty mask); -1 = all. CLEVR6 (IODINE, Slot Attention): 6.
+  # The splits then count kept records (see the module doc).
+  c.max_objects = -1
+  # Records in the file (with max_objects: the kept records); -1 = the
+  # published count, or counted by one pass over the file for the small
+  # Objects Room test files and for files filtered by max_objects. A wrong
+  # value stops the stream with an error.
   c.num_records = -1
   # Shuffle buffer of the training stream, in records (GENESIS: 128 * 32).
   c.shuffle_buffer = 4096
@@ -178,11 +200,13 @@ class _Setup:
   crop: int  # 0 = none.
   resize_method: str
   background: int
-  num_records: int
+  max_objects: int  # -1 = no filter.
+  num_records: int | None  # None: filtered and not counted yet.
   num_test: int
   num_validation: int
   shuffle_buffer: int
   read_buffer_bytes: int
+  options: stream.StreamOptions
 
 
 def _expected_layout(name: str) -> str:
@@ -202,31 +226,48 @@ def _find_file(data_dir: str, v: _Variant) -> str | None:
   return None
 
 
-_COUNTS: dict[tuple[str, int, float], int] = {}
+_COUNTS: dict[tuple[Any, ...], int] = {}
 
 
-def _count_records(path: str) -> int:
-  """Counts the records of a GZIP TFRecord file (cached per process)."""
-  tf = ic.tf()
+def _count_records(path: str, v: _Variant | None = None, background: int = 0,
+                   max_objects: int = -1, calls: int = 1) -> int:
+  """Counts the records of a GZIP TFRecord file (cached per process).
+
+  With ``max_objects >= 0`` only the records with at most that many objects
+  (`num_objects`) count; ``calls`` records are parsed in parallel.
+  """
+  tf = stream.tf()
   st = os.stat(path)
   key = (os.path.realpath(path), st.st_size, st.st_mtime)
+  if max_objects >= 0:
+    key += (v, background, max_objects)
   if key not in _COUNTS:
     ds = tf.data.TFRecordDataset(path, compression_type="GZIP")
+    if max_objects >= 0:
+      kept = stream.graph_fn(
+          lambda r: tf.cast(_keep(r, v, background, max_objects), tf.int64))
+      ds = ds.map(kept, num_parallel_calls=calls, deterministic=True)
+      count = lambda c, k: c + k
+    else:
+      count = lambda c, _: c + 1
     try:
-      n = int(ds.reduce(np.int64(0),
-                        ic.graph_fn(lambda c, _: c + 1)).numpy())
+      n = int(ds.reduce(np.int64(0), stream.graph_fn(count)).numpy())
     except tf.errors.OpError as e:
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"{path}: not a complete GZIP-compressed TFRecord file (truncated "
-          f"or corrupt download?). TensorFlow said: {ic.tf_message(e)}\n"
+          f"or corrupt download?). TensorFlow said: {stream.tf_message(e)}\n"
           f"Get it again from "
           f"{WHERE}") from None
+    if max_objects >= 0:
+      logging.getLogger(__name__).info(
+          "%s: %d records with at most %d objects (set data.num_records=%d "
+          "to skip this count).", path, n, max_objects, n)
     _COUNTS[key] = n
   return _COUNTS[key]
 
 
 def _setup(config: Any) -> _Setup:
-  cfg = ic.resolve(config, default_config())
+  cfg = stream.resolve(config, default_config())
   name = cfg.name
   if name not in DEFAULT_VARIANT:
     raise ValueError(f"multi_object does not provide data.name={name!r}; "
@@ -243,16 +284,16 @@ def _setup(config: Any) -> _Setup:
                                  expected=_expected_layout(name), where=WHERE)
   path = _find_file(data_dir, v)
   if path is None:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"{what}: file {v.filename!r} not found in {data_dir!r} (looked for "
         f"{os.path.join(data_dir, v.subdir, v.filename)!r} and "
         f"{os.path.join(data_dir, v.filename)!r}).\nExpected layout:\n"
         f"{_expected_layout(name)}\nGet it from: {WHERE}")
-  image_size = ic.check_int(cfg.image_size, "image_size", 1)
+  image_size = stream.check_int(cfg.image_size, "image_size", 1)
   crop = cfg.crop_size
   if crop == -1:
     crop = GENESIS_CROP.get(name, 0)
-  crop = ic.check_int(crop, "crop_size", 0)
+  crop = stream.check_int(crop, "crop_size", 0)
   h, w = v.image_size
   if crop > min(h, w):
     raise ValueError(f"data.crop_size={crop} exceeds the {h}x{w} images of "
@@ -260,56 +301,78 @@ def _setup(config: Any) -> _Setup:
   if not crop and h != w:
     raise ValueError(f"{name} images are {h}x{w}; set data.crop_size to "
                      "crop them square (GENESIS: 192).")
-  method = ic.check_choice(cfg.resize_method, "resize_method",
-                           ic.RESIZE_METHODS)
+  method = stream.check_choice(cfg.resize_method, "resize_method",
+                               ic.RESIZE_METHODS)
   background = cfg.background_entities
   if background == -1:
     background = BACKGROUND_ENTITIES[name]
-  background = ic.check_int(background, "background_entities", 0)
+  background = stream.check_int(background, "background_entities", 0)
   if background > v.max_entities:
     raise ValueError(f"data.background_entities={background} exceeds the "
                      f"{v.max_entities} entities of {what}.")
+  max_objects = stream.check_int(cfg.max_objects, "max_objects", -1)
   num_records = cfg.num_records
-  if num_records == -1:
+  if num_records == -1 and max_objects < 0:
     num_records = (v.published_records if v.published_records is not None
                    else _count_records(path))
-  num_records = ic.check_int(num_records, "num_records", 1)
+  if num_records != -1 or max_objects < 0:
+    num_records = stream.check_int(num_records, "num_records", 1)
+  else:
+    num_records = None  # Counted when needed (`_num_records`).
   return _Setup(
       name=name, variant_name=variant_name, variant=v, path=path,
       image_size=image_size, crop=crop, resize_method=method,
-      background=background, num_records=num_records,
-      num_test=ic.check_int(cfg.num_test, "num_test", 0),
-      num_validation=ic.check_int(cfg.num_validation, "num_validation", 0),
-      shuffle_buffer=ic.check_int(cfg.shuffle_buffer, "shuffle_buffer", 1),
-      read_buffer_bytes=ic.check_int(cfg.read_buffer_bytes,
-                                     "read_buffer_bytes", 1))
+      background=background, max_objects=max_objects,
+      num_records=num_records,
+      num_test=stream.check_int(cfg.num_test, "num_test", 0),
+      num_validation=stream.check_int(cfg.num_validation, "num_validation",
+                                      0),
+      shuffle_buffer=stream.check_int(cfg.shuffle_buffer, "shuffle_buffer",
+                                      1),
+      read_buffer_bytes=stream.check_int(cfg.read_buffer_bytes,
+                                         "read_buffer_bytes", 1),
+      options=stream.stream_options(cfg))
+
+
+def _num_records(s: _Setup) -> int:
+  """Records in the file, after the ``max_objects`` filter."""
+  if s.num_records is not None:
+    return s.num_records
+  return _count_records(s.path, s.variant, s.background, s.max_objects,
+                        s.options.num_parallel_calls)
 
 
 def _split_range(s: _Setup, split: str) -> tuple[int, int]:
-  """(first record, number of records) of a split."""
+  """(first record, number of records) of a split, among the kept records."""
   if s.variant.test_only:
     if split != "test":
       raise ValueError(
           f"{s.name} variant {s.variant_name!r} is a test set; only split "
           "'test' exists (the whole file).")
-    return 0, s.num_records
+    return 0, _num_records(s)
   nt, nv = s.num_test, s.num_validation
+  # Test and validation need no count of a filtered file: its stream checks
+  # that the file holds them.
+  n = _num_records(s) if split == "train" else s.num_records
   if split == "test":
     start, count = 0, nt
   elif split == "validation":
     start, count = nt, nv
   else:
-    start, count = nt + nv, s.num_records - nt - nv
-  if count < 1 or start + count > s.num_records:
+    start, count = nt + nv, n - nt - nv
+  if count < 1 or (n is not None and start + count > n):
+    kept = (f" with at most {s.max_objects} objects (data.max_objects)"
+            if s.max_objects >= 0 else "")
+    has = ("" if n is None else
+           f"the file has {n} records{kept} (data.num_records) and ")
     raise ValueError(
-        f"{s.name}: split {split!r} is empty: the file has {s.num_records} "
-        f"records (data.num_records) and the first {nt} are test, the next "
-        f"{nv} validation (data.num_test, data.num_validation).")
+        f"{s.name}: split {split!r} is empty: {has}the first {nt} are test, "
+        f"the next {nv} validation (data.num_test, data.num_validation).")
   return start, count
 
 
 def num_examples(config: Any, split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return _split_range(_setup(config), split)[1]
 
 
@@ -318,7 +381,7 @@ def num_examples(config: Any, split: str) -> int:
 
 def feature_spec(v: _Variant, full: bool = True):
   """The published ``tf.io`` feature spec (``full``: with the factors)."""
-  tf = ic.tf()
+  tf = stream.tf()
   h, w = v.image_size
   mask_shape = ([h, w, v.max_entities, 1] if v.masks_last
                 else [v.max_entities, h, w, 1])
@@ -331,21 +394,42 @@ def feature_spec(v: _Variant, full: bool = True):
   return spec
 
 
-def _decode(record, v: _Variant, full: bool = False):
-  """Raw record -> dict with uint8 ``image`` [H, W, C], ``mask`` [N, H, W]."""
-  tf = ic.tf()
-  ex = tf.io.parse_single_example(record, feature_spec(v, full))
-  image = tf.squeeze(tf.io.decode_raw(ex["image"], tf.uint8), -1)
-  mask = tf.squeeze(tf.io.decode_raw(ex["mask"], tf.uint8), -1)
+def _decode_mask(mask, v: _Variant):
+  """Parsed ``mask`` feature -> uint8 ``[N, H, W]`` (0/255)."""
+  tf = stream.tf()
+  mask = tf.squeeze(tf.io.decode_raw(mask, tf.uint8), -1)
   if v.masks_last:
     mask = tf.transpose(mask, [2, 0, 1, 3])
-  ex["image"], ex["mask"] = image, mask[..., 0]
+  return mask[..., 0]
+
+
+def _decode(record, v: _Variant, full: bool = False):
+  """Raw record -> dict with uint8 ``image`` [H, W, C], ``mask`` [N, H, W]."""
+  tf = stream.tf()
+  ex = tf.io.parse_single_example(record, feature_spec(v, full))
+  ex["image"] = tf.squeeze(tf.io.decode_raw(ex["image"], tf.uint8), -1)
+  ex["mask"] = _decode_mask(ex["mask"], v)
   return ex
+
+
+def num_objects(record, v: _Variant, background: int):
+  """Objects of a raw record (graph code): int32 count of the foreground
+  entities (index >= ``background``) whose published mask is non-empty."""
+  tf = stream.tf()
+  spec = {"mask": feature_spec(v, full=False)["mask"]}
+  mask = _decode_mask(tf.io.parse_single_example(record, spec)["mask"], v)
+  visible = tf.reduce_any(tf.equal(mask[background:], 255), axis=[1, 2])
+  return tf.reduce_sum(tf.cast(visible, tf.int32))
+
+
+def _keep(record, v: _Variant, background: int, max_objects: int):
+  """Whether the ``max_objects`` filter keeps a raw record (graph code)."""
+  return num_objects(record, v, background) <= max_objects
 
 
 def labels_from_masks(mask, background: int):
   """``[N, H, W]`` 0/255 masks -> int32 ``[H, W]`` (entity i>=bg: i-bg+1)."""
-  tf = ic.tf()
+  tf = stream.tf()
   n = mask.shape[0]
   labels = np.maximum(np.arange(n) - background + 1, 0).astype(np.int32)
   on = tf.cast(tf.equal(mask, 255), tf.int32)  # [N, H, W]
@@ -355,7 +439,7 @@ def labels_from_masks(mask, background: int):
 
 def _preprocess(s: _Setup, record):
   """Raw record -> (image float32 [S, S, 3] in [0, 1], seg int32 [S, S])."""
-  tf = ic.tf()
+  tf = stream.tf()
   v = s.variant
   ex = _decode(record, v)
   image, seg = ex["image"], labels_from_masks(ex["mask"], s.background)
@@ -380,28 +464,28 @@ def _preprocess(s: _Setup, record):
 
 def _check_first_record(s: _Setup) -> None:
   """Parses record 0 with the full published spec; clear error if not."""
-  tf = ic.tf()
+  tf = stream.tf()
   ds = tf.data.TFRecordDataset(s.path, compression_type="GZIP")
   what = f"{s.name} ({s.variant_name})"
   try:
     record = next(iter(ds.take(1)), None)
   except tf.errors.OpError as e:
-    raise ic.DatasetFormatError(
+    raise stream.DatasetFormatError(
         f"{s.path}: cannot be read as a GZIP-compressed TFRecord file "
-        f"({ic.tf_message(e)}). Expected the "
+        f"({stream.tf_message(e)}). Expected the "
         f"published {what} file from {WHERE}") from None
   if record is None:
-    raise ic.DatasetFormatError(f"{s.path}: the file holds no records.")
+    raise stream.DatasetFormatError(f"{s.path}: the file holds no records.")
   try:
     _decode(record, s.variant, full=True)
   except (tf.errors.OpError, ValueError) as e:
     spec = {k: (list(f.shape), f.dtype.name)
             for k, f in feature_spec(s.variant).items()}
-    raise ic.DatasetFormatError(
+    raise stream.DatasetFormatError(
         f"{s.path}: record 0 is not a {what} example. Expected the "
         f"published features {spec} (byte features: one byte per element). "
         f"Wrong file or data.variant? TensorFlow said: "
-        f"{ic.tf_message(e)}") from None
+        f"{stream.tf_message(e)}") from None
 
 
 # --------------------------------------------------------------- streams
@@ -414,23 +498,30 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   Without ``repeat`` also ``valid`` [b] (padding rows are zeros).
   """
-  local = ic.check_stream_args(split, batch_size, start_step, process_index,
-                               process_count)
+  process_index, process_count, local = stream.check_stream_args(
+      split, batch_size, start_step, process_index, process_count)
   s = _setup(config)
   start, count = _split_range(s, split)
   _check_first_record(s)
-  tf = ic.tf()
-  calls, _ = ic.stream_options(config)
+  tf = stream.tf()
+  calls = s.options.num_parallel_calls
   g = batch_size
   path, buf = s.path, s.read_buffer_bytes
+  v, background, max_objects = s.variant, s.background, s.max_objects
 
-  def records():
+  def records():  # The split's raw records, in file order.
     raw = tf.data.TFRecordDataset(path, compression_type="GZIP",
                                   buffer_size=buf)
+    if max_objects >= 0:  # Parse in parallel, then keep in order.
+      with_keep = stream.graph_fn(
+          lambda r: (r, _keep(r, v, background, max_objects)))
+      raw = raw.map(with_keep, num_parallel_calls=calls, deterministic=True)
+      raw = raw.filter(stream.graph_fn(lambda r, keep: keep))
+      raw = raw.map(stream.graph_fn(lambda r, keep: r))
     raw = raw.skip(start).take(count)
     return raw.apply(tf.data.experimental.assert_cardinality(count))
 
-  seed_word = ic.seed_word(seed)
+  seed_word = stream.seed_word(seed, bits=62)
   if repeat:
     first_epoch, within = divmod(start_step * g, count)
 
@@ -442,22 +533,21 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
                         reshuffle_each_iteration=False)
       return ds
 
-    stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-    stream = stream.flat_map(ic.graph_fn(epoch)).skip(within)
-    stream = stream.map(ic.graph_fn(lambda r: (r, tf.constant(True))))
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    ds = ds.flat_map(stream.graph_fn(epoch)).skip(within)
+    ds = ds.map(stream.graph_fn(lambda r: (r, tf.constant(True))))
     offset = start_step * g
   else:
     total = math.ceil(count / g) * g
-    stream = records().map(
-        ic.graph_fn(lambda r: (r, tf.constant(True))))
+    ds = records().map(stream.graph_fn(lambda r: (r, tf.constant(True))))
     pad = tf.data.Dataset.from_tensors(
         (tf.constant(b""), tf.constant(False))).repeat(total - count)
     offset = min(start_step * g, total)
-    stream = stream.concatenate(pad).skip(offset)
+    ds = ds.concatenate(pad).skip(offset)
 
   # Keep this process's rows of every global batch (positions from offset).
   lo, hi = process_index * local, (process_index + 1) * local
-  stream = stream.enumerate(start=offset).filter(ic.graph_fn(
+  ds = ds.enumerate(start=offset).filter(stream.graph_fn(
       lambda i, x: tf.logical_and(i % g >= lo, i % g < hi)))
   size = (s.image_size, s.image_size)
 
@@ -472,8 +562,29 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
         lambda: (tf.zeros(size + (3,), tf.float32), tf.zeros(size, tf.int32)))
     return {"image": image, "segmentation": seg, "valid": valid}
 
-  stream = stream.map(ic.graph_fn(example), num_parallel_calls=calls,
-                      deterministic=True)
+  ds = ds.map(stream.graph_fn(example), num_parallel_calls=calls,
+              deterministic=True)
+  kept = (f" among those with at most {max_objects} objects"
+          if max_objects >= 0 else "")
   context = (f"{s.name} ({s.variant_name}) split {split!r} from {s.path} "
-             f"(records {start}..{start + count - 1})")
-  return ic.finish(stream, local_batch=local, config=config, context=context)
+             f"(records {start}..{start + count - 1}{kept})")
+  return stream.finish(ds, local_batch=local, config=config, context=context)
+
+
+def user_preprocessing(config: Any):
+  """The dataset's crop as a fraction of the shorter side, then its resize."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  name = str(config.name)
+  variant = config.get("variant", "") or DEFAULT_VARIANT[name]
+  raw = VARIANTS.get((name, variant),
+                     VARIANTS[(name, DEFAULT_VARIANT[name])]).image_size
+  crop = int(config.get("crop_size", -1))
+  if crop == -1:
+    crop = GENESIS_CROP.get(name, 0)
+  method = str(config.get("resize_method", "nearest_torch"))
+  if not crop:
+    size = int(config.image_size)
+    return preprocess.Preprocess(size, 1.0, method, (
+        f"{name}: {preprocess.square_text(size)} ({method})"))
+  return preprocess.fraction_crop(config, crop / min(raw), method,
+                                  f"{crop} of {raw[0]}x{raw[1]}")

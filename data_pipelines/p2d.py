@@ -40,6 +40,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "p2d"
@@ -144,7 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
-  return vc.preset(NAME, PRESETS, default_config, preset)
+  return stream.preset(NAME, PRESETS, default_config, preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,51 +169,44 @@ class Spec:
   content_seed: int
 
 
-def _pair(config, name) -> tuple[float, float]:
-  value = tuple(float(v) for v in vc.field(config, name))
-  if len(value) != 2 or value[0] > value[1]:
-    raise ValueError(f"data.{name}={value} is invalid; expected (min, max) "
-                     "with min <= max.")
-  return value
-
-
 def spec_from_config(config: Any) -> Spec:
   """Validates the scene fields; raises ValueError naming a field."""
-  objects = tuple(vc.field(config, "objects"))
+  objects = tuple(stream.field(config, "objects"))
   unknown = [o for o in objects if o not in OBJECTS]
   if not objects or unknown:
     raise ValueError(f"data.objects has unknown kinds {unknown}; expected a "
                      f"non-empty subset of {tuple(OBJECTS)}.")
-  n = vc.int_range(config, "num_objects", minimum=0)
+  n = stream.int_range(config, "num_objects", minimum=0)
   if n[1] > 8:
     raise ValueError(f"data.num_objects={n} is invalid; expected at most 8.")
-  eye = tuple(float(v) for v in vc.field(config, "camera_eye"))
-  target = tuple(float(v) for v in vc.field(config, "camera_target"))
+  eye = tuple(float(v) for v in stream.field(config, "camera_eye"))
+  target = tuple(float(v) for v in stream.field(config, "camera_target"))
   if len(eye) != 3 or len(target) != 3:
     raise ValueError("data.camera_eye and data.camera_target must be "
                      "(x, y, z) in metres.")
-  lengths = _pair(config, "line_length")
+  lengths = stream.float_range(config, "line_length")
   if lengths[0] <= 0:
     raise ValueError(f"data.line_length={lengths} must be positive.")
   return Spec(
-      image_size=vc.positive_int(config, "image_size", minimum=8),
-      episode_length=vc.positive_int(config, "episode_length", minimum=2),
+      image_size=stream.int_field(config, "image_size", 8),
+      episode_length=stream.int_field(config, "episode_length", 2),
       num_objects=n, objects=objects,
-      push_height=float(vc.field(config, "push_height")),
-      line_length=lengths, workspace_x=_pair(config, "workspace_x"),
-      workspace_y=_pair(config, "workspace_y"),
-      sim_hz=vc.positive_int(config, "sim_hz"),
-      sim_steps_per_frame=vc.positive_int(config, "sim_steps_per_frame"),
-      settle_steps=vc.positive_int(config, "settle_steps", minimum=0),
+      push_height=float(stream.field(config, "push_height")),
+      line_length=lengths,
+      workspace_x=stream.float_range(config, "workspace_x"),
+      workspace_y=stream.float_range(config, "workspace_y"),
+      sim_hz=stream.int_field(config, "sim_hz"),
+      sim_steps_per_frame=stream.int_field(config, "sim_steps_per_frame"),
+      settle_steps=stream.int_field(config, "settle_steps", 0),
       camera_eye=eye, camera_target=target,
-      field_of_view=float(vc.field(config, "field_of_view")),
-      shadows=bool(vc.field(config, "shadows")),
-      content_seed=int(vc.field(config, "content_seed")))
+      field_of_view=float(stream.field(config, "field_of_view")),
+      shadows=bool(stream.field(config, "shadows")),
+      content_seed=int(stream.field(config, "content_seed")))
 
 
 def num_examples(config: Any, split: str) -> int:
-  if not vc.field(config, "data_dir"):  # Counting needs no simulator.
-    return vc.num_split_examples(config, split)
+  if not stream.field(config, "data_dir"):  # Counting needs no simulator.
+    return stream.num_split_examples(config, split)
   return source(config, split)[0]
 
 
@@ -340,8 +334,8 @@ def generate_episode(spec: Spec, split: str, index: int,
   """
   pybullet, pybullet_data, bullet_client = require_pybullet()
   rng = np.random.default_rng([
-      vc.CONTENT_STREAM, _DATASET_TAG, vc.seed_word(spec.content_seed),
-      vc.split_id(split), int(index)])
+      vc.CONTENT_STREAM, _DATASET_TAG, stream.seed_word(spec.content_seed),
+      stream.split_id(split), int(index)])
   n = int(rng.integers(spec.num_objects[0], spec.num_objects[1] + 1))
   kinds = [spec.objects[k] for k in rng.integers(0, len(spec.objects), n)]
   start, end = _push_line(rng, spec)
@@ -420,7 +414,7 @@ def generate_episode(spec: Spec, split: str, index: int,
 
 
 def source(config: Any, split: str):
-  if not vc.field(config, "data_dir"):
+  if not stream.field(config, "data_dir"):
     require_pybullet()
   spec = spec_from_config(config)
   return vc.episodes_source(

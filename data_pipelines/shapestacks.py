@@ -32,8 +32,8 @@ from typing import Any
 
 import ml_collections
 
-import data_pipelines
 from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 WHERE = ("https://shapestacks.robots.ox.ac.uk (shapestacks-rgb.tar.gz, "
          "shapestacks-meta.tar.gz from http://shapestacks-file.robots.ox.ac."
@@ -86,7 +86,7 @@ _INDEX: dict[tuple[str, str, str], _Files] = {}
 
 def _files(config: Any, split: str) -> _Files:
   """RGB views of the split's scenarios and their label maps (cached)."""
-  cfg = ic.resolve(config, default_config())
+  cfg = stream.resolve(config, default_config())
   data_dir = _root(ic.require_data_dir(cfg, what="ShapeStacks",
                                        expected=EXPECTED, where=WHERE))
   key = (os.path.realpath(data_dir), cfg.split_name, split)
@@ -102,13 +102,13 @@ def _files(config: Any, split: str) -> _Files:
   with open(split_file) as f:
     scenarios = [line.strip() for line in f if line.strip()]
   if not scenarios:
-    raise ic.DatasetFormatError(f"{split_file}: lists no scenarios.")
+    raise stream.DatasetFormatError(f"{split_file}: lists no scenarios.")
   images, maps = [], []
   for scenario in scenarios:
     rec_dir = os.path.join(data_dir, "recordings", scenario)
     names = [n for n in ic.list_files(rec_dir) if _RGB.match(n)]
     if not names:
-      raise ic.DatasetNotFoundError(
+      raise stream.DatasetNotFoundError(
           f"ShapeStacks scenario {scenario!r} (listed in {split_file}) has no "
           f"rgb-*-cam_N-mono-0.png views in {rec_dir!r}.\nExpected layout:\n"
           f"{EXPECTED}\nGet the data from: {WHERE}")
@@ -118,7 +118,7 @@ def _files(config: Any, split: str) -> _Files:
       cam = _RGB.match(n).group(1)
       m = f"iseg-w=0-f=0-l=0-c=original-cam_{cam}-mono-0.map"
       if m not in have:
-        raise ic.DatasetNotFoundError(
+        raise stream.DatasetNotFoundError(
             f"ShapeStacks instance map {os.path.join(iseg_dir, m)!r} (for "
             f"{os.path.join(rec_dir, n)!r}) not found.\nExpected layout:\n"
             f"{EXPECTED}\nGet the data from: {WHERE}")
@@ -130,19 +130,19 @@ def _files(config: Any, split: str) -> _Files:
 
 def split_files(config: Any, split: str) -> list[tuple[str, str]]:
   """(RGB view, label map) paths of a split, in order."""
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   files = _files(config, split)
   return list(zip(files.images, files.maps))
 
 
 def num_examples(config: Any, split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return len(_files(config, split).images)
 
 
 def decode_label_map(contents, path=""):
   """Label map of a ``.map`` file's bytes: int32 ``[H, W]`` in 0..7."""
-  tf = ic.tf()
+  tf = stream.tf()
   rgb = ic.decode_png_checked(contents, path, channels=3,
                               shape=(IMAGE_SIZE, IMAGE_SIZE),
                               what="ShapeStacks label map")
@@ -157,11 +157,11 @@ def _check_first(files: _Files) -> None:
       with Image.open(path) as im:
         size = im.size
     except (OSError, ValueError) as e:
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"ShapeStacks {what} {path!r} cannot be read as a PNG ({e}).") \
           from None
     if size != (IMAGE_SIZE, IMAGE_SIZE):
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"ShapeStacks {what} {path!r} is {size[0]}x{size[1]}; the "
           f"published views are {IMAGE_SIZE}x{IMAGE_SIZE}.")
 
@@ -173,17 +173,17 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   Without ``repeat`` also ``valid`` [b] (padding rows are zeros).
   """
-  ic.check_stream_args(split, batch_size, start_step, process_index,
-                       process_count)
-  cfg = ic.resolve(config, default_config())
-  size = ic.check_int(cfg.image_size, "image_size", 1)
-  crop = ic.check_int(cfg.crop_size, "crop_size", 1)
+  stream.check_stream_args(split, batch_size, start_step, process_index,
+                           process_count)
+  cfg = stream.resolve(config, default_config())
+  size = stream.check_int(cfg.image_size, "image_size", 1)
+  crop = stream.check_int(cfg.crop_size, "crop_size", 1)
   if crop > IMAGE_SIZE:
     raise ValueError(f"data.crop_size={crop} exceeds the {IMAGE_SIZE}x"
                      f"{IMAGE_SIZE} views.")
   files = _files(config, split)
   _check_first(files)
-  tf = ic.tf()
+  tf = stream.tf()
   images = tf.constant(files.images)
   maps = tf.constant(files.maps)
   y, x = ic.center_crop_offsets(IMAGE_SIZE, IMAGE_SIZE, crop, crop)
@@ -204,8 +204,16 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   context = (f"ShapeStacks split {split!r} ({len(files.images)} views, "
              f"e.g. {files.images[0]})")
-  return ic.indexed_dataset(
+  return stream.indexed_dataset(
       load, num_examples=len(files.images), batch_size=batch_size, seed=seed,
       start_step=start_step, process_index=process_index,
       process_count=process_count, repeat=repeat, config=config,
       context=context)
+
+
+def user_preprocessing(config: Any):
+  """The centre crop of the 224x224 views, as a fraction, then bilinear."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  crop = int(config.get("crop_size", 196))
+  return preprocess.fraction_crop(config, crop / IMAGE_SIZE, "bilinear",
+                                  f"{crop} of {IMAGE_SIZE}")

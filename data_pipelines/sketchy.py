@@ -38,8 +38,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-import data_pipelines
 from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 WHERE = ("https://github.com/deepmind/deepmind-research/tree/master/sketchy "
          "(download.sh: the `lift_green__demos` and "
@@ -111,7 +111,7 @@ def _episode_files(data_dir: str) -> list[str]:
   names = [n for n in ic.list_files(root)
            if not n.startswith(".") and not n.lower().endswith(_SKIP_SUFFIXES)]
   if not names:
-    raise ic.DatasetNotFoundError(
+    raise stream.DatasetNotFoundError(
         f"Sketchy: no episode files in {root!r}.\nExpected layout:\n"
         f"{EXPECTED}\nGet the data from: {WHERE}")
   return [os.path.join(root, n) for n in names]
@@ -121,11 +121,11 @@ _INDEX: dict[tuple[Any, ...], _Index] = {}
 
 
 def _index(config: Any, split: str) -> _Index:
-  cfg = ic.resolve(config, default_config())
+  cfg = stream.resolve(config, default_config())
   data_dir = ic.require_data_dir(cfg, what="Sketchy", expected=EXPECTED,
                                  where=WHERE)
   seed = cfg.split_seed
-  seed = None if seed == -1 else ic.check_int(seed, "split_seed", 0)
+  seed = None if seed == -1 else stream.check_int(seed, "split_seed", 0)
   frac = float(cfg.eval_fraction)
   if not 0.0 <= frac < 0.5:
     raise ValueError(f"data.eval_fraction={frac} is invalid; expected "
@@ -134,16 +134,16 @@ def _index(config: Any, split: str) -> _Index:
   key = (tuple(files), seed, frac, split)
   if key in _INDEX:
     return _INDEX[key]
-  groups = ic.split_groups(files, seed=seed, eval_fraction=frac)[split]
+  groups = stream.split_groups(files, seed=seed, eval_fraction=frac)[split]
   if not groups:
     raise ValueError(
         f"Sketchy split {split!r} has no episodes ({len(files)} episode "
         f"files, data.eval_fraction={frac}).")
   frame_file, offsets, lengths, sizes = [], [], [], []
   for e, path in enumerate(groups):
-    off, length = ic.tfrecord_index(path)
+    off, length = stream.scan_tfrecord(path)
     if not len(off):
-      raise ic.DatasetFormatError(f"Sketchy episode {path!r} is empty.")
+      raise stream.DatasetFormatError(f"Sketchy episode {path!r} is empty.")
     frame_file.append(np.full(len(off), e, np.int64))
     offsets.append(off)
     lengths.append(length)
@@ -156,17 +156,17 @@ def _index(config: Any, split: str) -> _Index:
 
 def split_episodes(config: Any, split: str) -> list[str]:
   """The episode files of a split."""
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return list(_index(config, split).files)
 
 
 def num_examples(config: Any, split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
+  stream.split_id(split)
   return len(_index(config, split).frame_offset) * EXAMPLES_PER_TIMESTEP
 
 
 def _parse_cameras(record):
-  tf = ic.tf()
+  tf = stream.tf()
   spec = {k: tf.io.FixedLenFeature([1], tf.string) for k in CAMERAS}
   ex = tf.io.parse_single_example(record, spec)
   return tf.stack([ex[CAMERAS[0]][0], ex[CAMERAS[1]][0]])
@@ -174,23 +174,23 @@ def _parse_cameras(record):
 
 def _check_first(idx: _Index) -> None:
   """Eager check of the first timestep: both cameras, JPEG, 600x960."""
-  tf = ic.tf()
+  tf = stream.tf()
   path = idx.files[0]
   try:
-    record = ic.read_record(path, idx.frame_offset[0], idx.frame_length[0],
-                            idx.sizes[0])
+    record = stream.read_record(path, idx.frame_offset[0],
+                                idx.frame_length[0], idx.sizes[0])
     jpegs = _parse_cameras(record)
     shapes = [tf.io.extract_jpeg_shape(j).numpy().tolist()[:2]
               for j in jpegs]
   except (tf.errors.OpError, ValueError) as e:
-    raise ic.DatasetFormatError(
+    raise stream.DatasetFormatError(
         f"Sketchy episode {path!r}: timestep 0 is not a Sketchy example with "
         f"JPEG features {CAMERAS} "
-        f"({ic.tf_message(e)}).\n"
+        f"({stream.tf_message(e)}).\n"
         f"Expected layout:\n{EXPECTED}\nGet the data from: {WHERE}") from None
   for cam, shape in zip(CAMERAS, shapes):
     if tuple(shape) != RAW_SIZE:
-      raise ic.DatasetFormatError(
+      raise stream.DatasetFormatError(
           f"Sketchy episode {path!r}: {cam} is {shape[0]}x{shape[1]}; the "
           f"published frames are {RAW_SIZE[0]}x{RAW_SIZE[1]}.")
 
@@ -202,13 +202,13 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   Without ``repeat`` also ``valid`` [b] (padding rows are zeros).
   """
-  ic.check_stream_args(split, batch_size, start_step, process_index,
-                       process_count)
-  cfg = ic.resolve(config, default_config())
-  size = ic.check_int(cfg.image_size, "image_size", 1)
+  stream.check_stream_args(split, batch_size, start_step, process_index,
+                           process_count)
+  cfg = stream.resolve(config, default_config())
+  size = stream.check_int(cfg.image_size, "image_size", 1)
   idx = _index(config, split)
   _check_first(idx)
-  tf = ic.tf()
+  tf = stream.tf()
   files = tf.constant(idx.files)
   sizes = tf.constant(idx.sizes)
   frame_file = tf.constant(idx.frame_file)
@@ -224,9 +224,9 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
     crop = index % EXAMPLES_PER_VIEW
     episode = tf.gather(frame_file, frame)
     path = tf.gather(files, episode)
-    record = ic.read_record(path, tf.gather(frame_offset, frame),
-                            tf.gather(frame_length, frame),
-                            tf.gather(sizes, episode))
+    record = stream.read_record(path, tf.gather(frame_offset, frame),
+                                tf.gather(frame_length, frame),
+                                tf.gather(sizes, episode))
     jpeg = tf.gather(_parse_cameras(record), view)
     image = tf.io.decode_jpeg(jpeg, channels=3)
     image = ic.assert_shape(image, RAW_SIZE,
@@ -240,8 +240,17 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
 
   context = (f"Sketchy split {split!r} ({len(idx.files)} episodes, e.g. "
              f"{idx.files[0]})")
-  return ic.indexed_dataset(
+  return stream.indexed_dataset(
       load, num_examples=len(idx.frame_offset) * EXAMPLES_PER_TIMESTEP,
       batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count,
       repeat=repeat, config=config, context=context)
+
+
+def user_preprocessing(config: Any):
+  """A square centre crop (training used fixed crops of the front views)."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  size = int(config.image_size)
+  return preprocess.square(config, (
+      f"{preprocess.square_text(size)} (bilinear); training used fixed crops "
+      "of the front cameras' frames"))

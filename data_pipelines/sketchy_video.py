@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 
 NAME = "sketchy_video"
@@ -77,20 +78,16 @@ def _episode_files(data_dir: str) -> tuple[str, ...]:
   return tuple(files)
 
 
-def split_files(files, split: str, eval_fraction: float):
-  """GENESIS-V2's split by sorted episode file."""
-  vc.split_id(split)
-  num_eval = int(len(files) * eval_fraction)
-  if split == "validation":
-    return files[:num_eval]
-  if split == "test":
-    return files[num_eval:2 * num_eval]
-  return files[2 * num_eval:]
+def split_files(files, split: str, eval_fraction: float) -> tuple[str, ...]:
+  """GENESIS-V2's split by sorted episode file (`stream.split_groups`)."""
+  stream.split_id(split)
+  return tuple(stream.split_groups(files, seed=None,
+                                   eval_fraction=eval_fraction)[split])
 
 
 @functools.lru_cache(maxsize=4096)
-def _record_file(path: str) -> vc.RecordFile:
-  return vc.RecordFile(path)
+def _record_file(path: str) -> stream.RecordFile:
+  return stream.RecordFile(path)
 
 
 @functools.lru_cache(maxsize=16)
@@ -107,20 +104,20 @@ def _index_cached(data_dir: str, split: str, eval_fraction: float,
 
 
 def _index(config: Any, split: str):
-  views = tuple(vc.field(config, "views"))
+  views = tuple(stream.field(config, "views"))
   bad = [v for v in views if v not in VIEWS]
   if not views or bad:
     raise ValueError(f"data.views has unknown views {bad}; expected a "
                      f"non-empty subset of {tuple(VIEWS)}.")
-  fraction = float(vc.field(config, "eval_fraction"))
+  fraction = float(stream.field(config, "eval_fraction"))
   if not 0 <= fraction < 0.5:
     raise ValueError(f"data.eval_fraction={fraction} is invalid; expected "
                      "a number in [0, 0.5).")
-  span = (vc.positive_int(config, "num_frames") - 1) * vc.positive_int(
+  span = (stream.int_field(config, "num_frames") - 1) * stream.int_field(
       config, "frame_stride") + 1
   files, rows = _index_cached(
-      vc.field(config, "data_dir"), split, fraction, views, span,
-      vc.positive_int(config, "clip_stride"))
+      stream.field(config, "data_dir"), split, fraction, views, span,
+      stream.int_field(config, "clip_stride"))
   return files, views, rows
 
 
@@ -181,9 +178,9 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   if not len(rows):
     raise ValueError(f"No {split!r} sequences in {config.data_dir} (files: "
                      f"{len(files)}).")
-  t = vc.positive_int(config, "num_frames")
-  stride = vc.positive_int(config, "frame_stride")
-  size = vc.positive_int(config, "image_size", minimum=8)
+  t = stream.int_field(config, "num_frames")
+  stride = stream.int_field(config, "frame_stride")
+  size = stream.int_field(config, "image_size", 8)
 
   def load_rows(indices, valid):
     video = np.zeros((len(indices), t, size, size, 3), np.float32)
@@ -194,8 +191,8 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
         video[row] = read_clip(files[f], views[v], frames, size) / 255.0
     return {"video": video}
 
-  return vc.make_dataset(
+  return stream.make_dataset(
       load_rows, vc.episode_features(t, size, size, False), n=len(rows),
       split=split, batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count,
-      repeat=repeat, **vc.stream_options(config))
+      repeat=repeat, options=stream.stream_options(config))

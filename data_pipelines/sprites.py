@@ -43,14 +43,12 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-import data_pipelines
-from data_pipelines import video_common as vc
+from data_pipelines import stream
 
 SHAPES = ("square", "circle", "triangle", "ellipse", "diamond", "heart",
           "star")
 TEXTURES = ("gradient", "stripes", "checkers", "noise")
 BACKGROUNDS = ("plain", "textured", "mixed")
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 _MIN_IMAGE_SIZE = 16
 _REFERENCE_SIZE = 64  # Pixel-valued fields are given for 64x64 images.
 # First word of the seed sequences, so content and shuffling never collide.
@@ -119,46 +117,34 @@ class _Spec:
   content_seed: int | None  # None: the caller's seed.
 
 
-def _field(config: Any, name: str, default: Any = None) -> Any:
-  if name in config:
-    return config[name]
-  if default is None:
-    raise ValueError(f"Config field data.{name} is missing.")
-  return default
-
-
 def _spec(config: Any) -> _Spec:
-  """Validates the config's scene fields; raises ValueError naming a field."""
+  """Validates the config's scene fields; raises ValueError naming a field.
+
+  ``image_size``, ``min_objects``, ``max_objects`` and ``background`` are
+  required; the other fields default to `default_config`'s.
+  """
   d = default_config()
-  size = _field(config, "image_size")
-  if not isinstance(size, (int, np.integer)) or size < _MIN_IMAGE_SIZE:
-    raise ValueError(
-        f"data.image_size={size!r} is invalid; expected an int >= "
-        f"{_MIN_IMAGE_SIZE}.")
-  lo, hi = _field(config, "min_objects"), _field(config, "max_objects")
-  if not isinstance(lo, (int, np.integer)) or lo < 1:
-    raise ValueError(f"data.min_objects={lo!r} is invalid; expected an int "
-                     ">= 1.")
+  size = stream.int_field(config, "image_size", _MIN_IMAGE_SIZE)
+  lo = stream.int_field(config, "min_objects", 1)
+  hi = stream.field(config, "max_objects")
   if not isinstance(hi, (int, np.integer)) or hi < lo:
     raise ValueError(
         f"data.max_objects={hi!r} is invalid; expected an int >= "
         f"data.min_objects={lo}.")
-  background = _field(config, "background")
-  if background not in BACKGROUNDS:
-    raise ValueError(f"data.background={background!r} is unknown; expected "
-                     f"one of {BACKGROUNDS}.")
-  shapes = tuple(_field(config, "shapes", d.shapes))
+  background = stream.check_choice(stream.field(config, "background"),
+                                   "background", BACKGROUNDS)
+  shapes = tuple(stream.field(config, "shapes", d.shapes))
   if not shapes or any(s not in SHAPES for s in shapes):
     raise ValueError(f"data.shapes={shapes!r} is invalid; expected a "
                      f"non-empty subset of {SHAPES}.")
-  textures = tuple(_field(config, "textures", d.textures))
+  textures = tuple(stream.field(config, "textures", d.textures))
   if background != "plain" and (
       not textures or any(t not in TEXTURES for t in textures)):
     raise ValueError(f"data.textures={textures!r} is invalid; expected a "
                      f"non-empty subset of {TEXTURES}.")
   scale = size / _REFERENCE_SIZE
-  rmin = float(_field(config, "min_radius", d.min_radius))
-  rmax = float(_field(config, "max_radius", d.max_radius))
+  rmin = float(stream.field(config, "min_radius", d.min_radius))
+  rmax = float(stream.field(config, "max_radius", d.max_radius))
   if not 0 < rmin <= rmax or rmax * scale > size / 3:
     raise ValueError(
         f"data.min_radius={rmin}, data.max_radius={rmax} are invalid; "
@@ -168,51 +154,29 @@ def _spec(config: Any) -> _Spec:
     raise ValueError(
         f"data.min_radius={rmin} is {rmin * scale:.2f} pixels at "
         f"image_size={size}; expected at least 1.5 pixels.")
-  for name, top in (("texture_contrast", 1.0), ("min_color_distance", 1.0),
-                    ("min_object_distance", 1.0),
-                    ("min_visible_fraction", 0.9)):
-    value = float(_field(config, name, d[name]))
-    if not 0 <= value <= top:
-      raise ValueError(f"data.{name}={value} is invalid; expected a number in "
-                       f"[0, {top}].")
+  fractions = {name: stream.float_field(config, name, 0, top, d[name])
+               for name, top in (("texture_contrast", 1.0),
+                                 ("min_color_distance", 1.0),
+                                 ("min_object_distance", 1.0),
+                                 ("min_visible_fraction", 0.9))}
   content_seed = config.get("content_seed")
   if content_seed is not None and not isinstance(content_seed,
                                                  (int, np.integer)):
     raise ValueError(f"data.content_seed={content_seed!r} is invalid; "
                      "expected an int or None.")
-  min_px = _field(config, "min_visible_pixels", d.min_visible_pixels)
-  if not isinstance(min_px, (int, np.integer)) or min_px < 1:
-    raise ValueError(f"data.min_visible_pixels={min_px!r} is invalid; "
-                     "expected an int >= 1.")
+  min_px = stream.int_field(config, "min_visible_pixels", 1,
+                            d.min_visible_pixels)
   return _Spec(
-      image_size=int(size), min_objects=int(lo), max_objects=int(hi),
+      image_size=size, min_objects=lo, max_objects=int(hi),
       background=background, shapes=shapes, textures=textures,
       min_radius=rmin * scale, max_radius=rmax * scale,
-      texture_contrast=float(_field(config, "texture_contrast",
-                                    d.texture_contrast)),
-      min_color_distance=float(_field(config, "min_color_distance",
-                                      d.min_color_distance)),
-      min_object_distance=float(_field(config, "min_object_distance",
-                                       d.min_object_distance)),
       min_visible_pixels=max(1, round(min_px * scale * scale)),
-      min_visible_fraction=float(_field(config, "min_visible_fraction",
-                                        d.min_visible_fraction)),
-      content_seed=content_seed)
-
-
-def _split_id(split: str) -> int:
-  data_pipelines._check_split(split)  # pylint: disable=protected-access
-  return _SPLIT_IDS[split]
+      content_seed=content_seed, **fractions)
 
 
 def num_examples(config: Any, split: str) -> int:
   """Number of examples in a split (``config.num_<split>``)."""
-  _split_id(split)
-  n = _field(config, f"num_{split}")
-  if not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"data.num_{split}={n!r} is invalid; expected an int "
-                     ">= 1.")
-  return int(n)
+  return stream.num_split_examples(config, split)
 
 
 # ----------------------------------------------------------------- rendering
@@ -337,7 +301,7 @@ def _render(spec: _Spec, seed: int, split_id: int, index: int,
   if spec.content_seed is not None:
     seed = spec.content_seed
   rng = np.random.default_rng(
-      [_CONTENT_STREAM, vc.seed_word(seed), split_id, int(index)])
+      [_CONTENT_STREAM, stream.seed_word(seed), split_id, int(index)])
   s = spec.image_size
   num_shapes = len(spec.shapes)
   for _ in range(_MAX_SCENE_TRIES):
@@ -400,7 +364,7 @@ def render_example(config: Any, split: str, index: int,
   spec = _spec(config)
   s = spec.image_size
   image, seg = np.empty((s, s, 3), np.float32), np.empty((s, s), np.int32)
-  _render(spec, seed, _split_id(split), index, image, seg)
+  _render(spec, seed, stream.split_id(split), index, image, seg)
   return image, seg
 
 
@@ -420,7 +384,7 @@ def render_batch(config: Any, split: str, indices: Any,
                  seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Scenes for ``indices`` [b]: images [b, S, S, 3], segs [b, S, S]."""
   indices = np.asarray(indices, np.int64)
-  return _render_rows(_spec(config), seed, _split_id(split), indices,
+  return _render_rows(_spec(config), seed, stream.split_id(split), indices,
                       np.ones(len(indices), bool))
 
 
@@ -438,10 +402,10 @@ def step_indices(config: Any, split: str, step: int, *, batch_size: int,
   """
   if repeat is None:
     repeat = split == "train"
-  return vc.step_rows(step, num_examples(config, split),
-                      split=_split_id(split), batch_size=batch_size, seed=seed,
-                      process_index=process_index, process_count=process_count,
-                      repeat=repeat, stream=_SHUFFLE_STREAM)
+  return stream.step_rows(
+      step, num_examples(config, split), split=stream.split_id(split),
+      batch_size=batch_size, seed=seed, process_index=process_index,
+      process_count=process_count, repeat=repeat, stream=_SHUFFLE_STREAM)
 
 
 # ------------------------------------------------------------------ tf.data
@@ -463,21 +427,25 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
   ``start_step`` skips that many global batches in O(1).
   """
   spec = _spec(config)
-  split_id = _split_id(split)
-  d = default_config()
+  split_id = stream.split_id(split)
   s = spec.image_size
 
   def load_rows(indices, valid):
     images, segs = _render_rows(spec, seed, split_id, indices, valid)
     return {"image": images, "segmentation": segs}
 
-  return vc.make_dataset(
-      load_rows, {"image": vc.Feature((s, s, 3), np.float32),
-                  "segmentation": vc.Feature((s, s), np.int32)},
+  return stream.make_dataset(
+      load_rows, {"image": stream.Feature((s, s, 3), np.float32),
+                  "segmentation": stream.Feature((s, s), np.int32)},
       n=num_examples(config, split), split=split, batch_size=batch_size,
       seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, repeat=repeat,
-      num_parallel_calls=int(_field(config, "num_parallel_calls",
-                                    d.num_parallel_calls)),
-      prefetch=int(_field(config, "prefetch", d.prefetch)),
-      shuffle_stream=_SHUFFLE_STREAM)
+      shuffle_stream=_SHUFFLE_STREAM, options=stream.stream_options(config))
+
+
+def user_preprocessing(config: Any):
+  """Own images for a model trained on sprites (square, procedural)."""
+  from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+  return preprocess.square(config, "sprites (procedural, square): " +
+                           preprocess.square_text(int(config.image_size)) +
+                           " (bilinear)")

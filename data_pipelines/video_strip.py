@@ -6,22 +6,21 @@ r"""Renders video batches as a PNG strip: frames over their track-id masks.
 
 `render_video_strip(batch, path)` is the library entry point (also used by
 ``data_pipelines.inspect``): for each video, one row of frames, then one row
-per id map (``segmentation`` and any ``extra_rows``) painted with a fixed
-palette, so a track keeps its colour over time and id 0 is black.
+per id map (``segmentation`` and any ``extra_rows``) painted with
+`data_pipelines.palette`, so a track keeps its colour over time and id 0 is
+black.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 import data_pipelines
-from data_pipelines import video_common as vc
-from data_pipelines.inspect import palette  # noqa: F401  (also public here)
+from data_pipelines.palette import labels_to_rgb
 
 
 def strip_image(batch: Mapping[str, Any], *, max_videos: int = 4,
@@ -46,7 +45,6 @@ def strip_image(batch: Mapping[str, Any], *, max_videos: int = 4,
   keep = np.arange(len(video))
   if "valid" in batch:  # Padding rows of evaluation batches.
     keep = keep[np.asarray(batch["valid"], bool)]
-  pal = palette()
   rows = []
   for i in keep[:max_videos]:
     frames = video[i, :t]
@@ -54,7 +52,7 @@ def strip_image(batch: Mapping[str, Any], *, max_videos: int = 4,
       frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
     rows.append(frames)
     for m in maps:
-      rows.append(pal[np.clip(m[i, :t], 0, len(pal) - 1).astype(np.int64)])
+      rows.append(labels_to_rgb(m[i, :t]))
   if not rows:
     raise ValueError("The batch has no valid video to draw.")
   height = len(rows) * h + (len(rows) - 1) * gap
@@ -92,27 +90,6 @@ def render_video_strip(batch: Mapping[str, Any], path: str, *,
   return path
 
 
-def dataset_config(name: str, *, preset: str = "", overrides=(),
-                   data_dir: str | None = None):
-  """A dataset's ``data`` config: default or preset, then overrides."""
-  if name not in data_pipelines.DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}; known: "
-                     f"{', '.join(sorted(data_pipelines.DATASETS))}.")
-  module = importlib.import_module(data_pipelines.DATASETS[name])
-  if preset:
-    if not hasattr(module, "preset_config"):
-      raise ValueError(f"{name} has no presets.")
-    config = module.preset_config(preset)
-  else:
-    config = module.default_config()
-  if "name" in config and config.name != name:
-    config.name = name  # Modules serving several names.
-  vc.apply_overrides(config, overrides)
-  if data_dir is not None:
-    config.data_dir = data_dir
-  return config
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m data_pipelines.video_strip",
@@ -129,12 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=int, default=2)
   args = parser.parse_args(argv)
-  config = dataset_config(args.dataset, preset=args.preset,
-                          overrides=args.set, data_dir=args.data_dir)
+  config = data_pipelines.dataset_config(
+      args.dataset, preset=args.preset, data_dir=args.data_dir,
+      overrides=args.set)
   ds = data_pipelines.get_dataset(
       config, args.split, batch_size=args.num_videos, seed=args.seed,
       process_index=0, process_count=1, repeat=False)
-  batch = next(iter(ds.as_numpy_iterator()))
+  batch = next(data_pipelines.iterate(ds))
   render_video_strip(batch, args.out, max_videos=args.num_videos,
                      max_frames=args.num_frames, scale=args.scale)
   shapes = ", ".join(f"{k} {v.shape}" for k, v in sorted(batch.items()))

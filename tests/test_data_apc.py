@@ -11,7 +11,7 @@ from PIL import Image
 
 import data_pipelines
 from data_pipelines import apc
-from data_pipelines import image_common as ic
+from data_pipelines import stream
 import test_data_utils as u
 
 OBJECTS = ("crayola_24_ct", "dasani_water_bottle", "kleenex_tissue_box")
@@ -132,6 +132,6 @@ def test_clear_errors(tmp_path, data):
   small = tmp_path / "small"
   u.write_png(str(small / "training" / "shelf" / "a" / "scene-0000" /
                   "frame-000000.color.png"), np.zeros((240, 320, 3), np.uint8))
-  with pytest.raises(ic.DatasetFormatError, match="is 240x320.*480x640"):
+  with pytest.raises(stream.DatasetFormatError, match="is 240x320.*480x640"):
     data_pipelines.get_dataset(_config(str(small), eval_fraction=0.0),
                                "train", batch_size=1, seed=0)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import data_pipelines
 from data_pipelines import clevrtex
-from data_pipelines import image_common as ic
+from data_pipelines import stream
 import test_data_utils as u
 
 
@@ -117,6 +117,6 @@ def test_clear_errors(tmp_path, data):
   write_clevrtex(str(small), "camo", 10)
   first = small / "clevrtex_camo" / "0" / "CLEVRTEX_camo_000000.png"
   u.write_png(str(first), np.zeros((120, 160, 3), np.uint8))
-  with pytest.raises(ic.DatasetFormatError, match="is 120x160"):
+  with pytest.raises(stream.DatasetFormatError, match="is 120x160"):
     data_pipelines.get_dataset(_config(str(small), variant="camo"), "test",
                                batch_size=1, seed=0)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from data_pipelines import image_common as ic
 from data_pipelines import multi_object
+from data_pipelines import stream
 import test_data_utils as u
 
 
@@ -189,7 +189,7 @@ def test_clear_errors(tmp_path, objects_room):
   os.rename(path, path.replace("colored_on_colored", "binarized"))
   c = _config(wrong, "multi_dsprites", variant="binarized", num_records=2,
               num_test=2, num_validation=0)
-  with pytest.raises(ic.DatasetFormatError, match="record 0 is not a "
+  with pytest.raises(stream.DatasetFormatError, match="record 0 is not a "
                      "multi_dsprites"):
     data_pipelines.get_dataset(c, "test", batch_size=2, seed=0)
   # Not GZIP at all.
@@ -197,7 +197,7 @@ def test_clear_errors(tmp_path, objects_room):
   bad.mkdir(parents=True)
   (bad / "objects_room_train.tfrecords").write_bytes(b"hello world" * 10)
   c = _config(tmp_path / "bad", num_records=30, num_test=1, num_validation=1)
-  with pytest.raises(ic.DatasetFormatError, match="GZIP"):
+  with pytest.raises(stream.DatasetFormatError, match="GZIP"):
     data_pipelines.get_dataset(c, "test", batch_size=2, seed=0)
 
 
@@ -209,16 +209,115 @@ def test_truncated_file(tmp_path):
     f.write(data[:len(data) * 2 // 3])
   # Counted (test sets): the count finds the truncation up front.
   c = _config(tmp_path, variant="six_objects")
-  with pytest.raises(ic.DatasetFormatError, match="truncated or corrupt"):
+  with pytest.raises(stream.DatasetFormatError, match="truncated or corrupt"):
     data_pipelines.get_dataset(c, "test", batch_size=2, seed=0)
   # Given count: the stream stops with an error naming the file.
   c.num_records = 6
   ds = data_pipelines.get_dataset(c, "test", batch_size=2, seed=0)
-  with pytest.raises(ic.DatasetReadError, match="objects_room_test_six"):
-    list(ic.iterate(ds))
+  with pytest.raises(stream.DatasetReadError, match="objects_room_test_six"):
+    list(stream.iterate(ds))
   # A wrong record count is caught too.
   u.write_multi_object(str(tmp_path / "ok"), "objects_room", "train", 6)
   c = _config(tmp_path / "ok", num_records=9, num_test=1, num_validation=1)
   ds = data_pipelines.get_dataset(c, "train", batch_size=2, seed=0)
-  with pytest.raises(ic.DatasetReadError, match="expected to contain 7"):
-    list(ic.iterate(ds.take(10)))
+  with pytest.raises(stream.DatasetReadError, match="expected to contain 7"):
+    list(stream.iterate(ds.take(10)))
+
+
+# Foreground objects (non-empty masks after the 4 background entities of
+# Objects Room) of each record of the CLEVR6-style filter tests.
+_OBJECTS = [3, 1, 0, 2, 3, 2, 1, 3, 0, 1, 2, 3, 3, 1, 2, 0]
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory):
+  d = tmp_path_factory.mktemp("clevr6")
+  _, images, masks = u.write_multi_object(
+      str(d), "objects_room", "train", len(_OBJECTS),
+      visible=[4 + k for k in _OBJECTS])
+  return d, images, masks
+
+
+def test_max_objects_filter_defines_the_splits(filtered):
+  """CLEVR6 protocol: only scenes with <= max_objects objects; the splits
+  (first num_test kept records, next num_validation, the rest) count kept
+  records, and so do num_examples, the padding and the training epochs."""
+  d, images, masks = filtered
+  kept = [i for i, k in enumerate(_OBJECTS) if k <= 2]  # 11 of 16 records.
+  v = multi_object.VARIANTS[("objects_room", "train")]
+  records = stream.tf().data.TFRecordDataset(
+      str(d / "objects_room" / "objects_room_train.tfrecords"),
+      compression_type="GZIP")
+  assert [int(multi_object.num_objects(r, v, 4))
+          for r in records] == _OBJECTS
+  c = _config(d, max_objects=2, num_test=2, num_validation=3)
+  assert [data_pipelines.num_examples(c, s)
+          for s in ("train", "validation", "test")] == [6, 3, 2]
+  test = u.batches(c, "test", batch_size=4)
+  assert len(test) == 1 and u.ids_of(test) == kept[:2]
+  np.testing.assert_array_equal(test[0]["valid"], [True, True, False, False])
+  assert not test[0]["image"][2:].any()  # Padding rows are zeros.
+  val = u.batches(c, "validation", batch_size=2)
+  assert len(val) == 2 and u.ids_of(val) == kept[2:5]
+  np.testing.assert_array_equal(val[1]["valid"], [True, False])
+  # Train: each kept train record once per epoch, in a new order.
+  train = u.batches(c, "train", batch_size=6, num=3)
+  ids = u.ids_of(train)
+  assert sorted(ids[:6]) == sorted(ids[6:12]) == sorted(ids[12:]) == kept[5:]
+  assert len({tuple(ids[:6]), tuple(ids[6:12]), tuple(ids[12:])}) > 1
+  for b in train:
+    for row in range(6):
+      i = int(round(b["image"][row, 0, 0, 0] * 255))
+      np.testing.assert_allclose(b["image"][row], images[i] / 255.0,
+                                 atol=1e-6)
+      np.testing.assert_array_equal(b["segmentation"][row],
+                                    _labels(masks[i], 4))
+      assert len(set(np.unique(b["segmentation"][row])) - {0}) <= 2
+  u.check_resume(c, "train", batch_size=3, start_step=4, repeat=True)
+  u.check_resume(c, "validation", batch_size=2, start_step=1, repeat=False)
+  u.check_sharding(c, "train", batch_size=4, steps=3, repeat=True)
+  u.check_sharding(c, "validation", batch_size=2, steps=None, repeat=False)
+  # A given kept count skips the counting pass: same stream; a wrong one
+  # stops the stream with an error naming the file.
+  given = _config(d, max_objects=2, num_test=2, num_validation=3,
+                  num_records=11)
+  for a, b in zip(train, u.batches(given, "train", batch_size=6, num=3)):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  wrong = _config(d, max_objects=2, num_test=2, num_validation=3,
+                  num_records=13)
+  assert data_pipelines.num_examples(wrong, "train") == 8
+  ds = data_pipelines.get_dataset(wrong, "train", batch_size=8, seed=0)
+  with pytest.raises(stream.DatasetReadError,
+                     match="(?s)objects_room_train.*at most 2 objects.*"
+                     "expected to contain 8"):
+    next(stream.iterate(ds))
+  # Too few kept records for the evaluation splits.
+  with pytest.raises(ValueError, match="has 3 records with at most 0 "):
+    data_pipelines.num_examples(_config(d, max_objects=0, num_test=2,
+                                        num_validation=3), "train")
+
+
+def test_max_objects_without_effect_and_errors(filtered):
+  d, _, _ = filtered
+  # Keeping every scene reads the same stream as no filter.
+  every = _config(d, max_objects=3, num_test=2, num_validation=3)
+  none = _config(d, num_test=2, num_validation=3, num_records=16)
+  assert data_pipelines.num_examples(every, "train") == 11  # 16 - 5.
+  for split, repeat in (("train", True), ("test", False)):
+    a = u.batches(every, split, batch_size=4, num=2, repeat=repeat)
+    b = u.batches(none, split, batch_size=4, num=2, repeat=repeat)
+    for x, y in zip(a, b):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key])
+  with pytest.raises(ValueError, match="data.max_objects=-2"):
+    data_pipelines.num_examples(_config(d, max_objects=-2), "test")
+
+
+def test_max_objects_on_a_test_set(tmp_path):
+  objects = [6, 2, 5, 0, 4]  # six_objects: 4 background entities of 10.
+  u.write_multi_object(str(tmp_path), "objects_room", "six_objects", 5,
+                       visible=[4 + k for k in objects])
+  c = _config(tmp_path, variant="six_objects", max_objects=4)
+  assert multi_object.num_examples(c, "test") == 3
+  b = u.batches(c, "test", batch_size=4)[0]
+  assert u.ids_of([b]) == [1, 3, 4]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import data_pipelines
-from data_pipelines import image_common as ic
 from data_pipelines import shapestacks
+from data_pipelines import stream
 import test_data_utils as u
 
 SPLITS = {"train": ["env_ccs-easy-h=2-vcom=0-vpsf=0-v=1",
@@ -152,7 +152,7 @@ def test_clear_errors(tmp_path, data):
   # Wrong image size: found up front for the first view ...
   first = shapestacks.split_files(_config(str(broken)), "train")[0][0]
   u.write_png(first, np.zeros((100, 120, 3), np.uint8))
-  with pytest.raises(ic.DatasetFormatError, match="is 120x100.*224x224"):
+  with pytest.raises(stream.DatasetFormatError, match="is 120x100.*224x224"):
     data_pipelines.get_dataset(_config(str(broken)), "train", batch_size=2,
                                seed=0)
   # ... and while reading for the others, naming the file.
@@ -162,5 +162,5 @@ def test_clear_errors(tmp_path, data):
   u.write_png(bad, np.zeros((200, 224, 3), np.uint8))
   ds = data_pipelines.get_dataset(_config(str(broken)), "validation",
                                   batch_size=4, seed=0)
-  with pytest.raises(ic.DatasetReadError, match="cam_7-mono-0.png"):
-    list(ic.iterate(ds))
+  with pytest.raises(stream.DatasetReadError, match="cam_7-mono-0.png"):
+    list(stream.iterate(ds))

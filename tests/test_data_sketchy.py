@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import data_pipelines
-from data_pipelines import image_common as ic
 from data_pipelines import sketchy
+from data_pipelines import stream
 import test_data_utils as u
 
 NUM_EPISODES = 10
@@ -28,7 +28,7 @@ def _frame(rng, tag):
 
 def _timestep(rng, tag):
   """A timestep with the published features (sketchy.py's _FEATURES)."""
-  t = ic.tf()
+  t = stream.tf()
   fl, fr = _frame(rng, tag), _frame(rng, tag + 1)[::-1]
   small = u.jpeg_bytes(np.zeros((8, 8, 3), np.uint8))
   floats = {"actions": 7, "gripper/joints/velocity": 1,
@@ -115,7 +115,7 @@ def test_images_match_genesis_preparation(data):
   assert b["valid"].all()
   # Re-derive from the record: full decode (as sketchy.load_frames), the
   # GENESIS crops, PIL bilinear resize to 128.
-  t = ic.tf()
+  t = stream.tf()
   records = list(t.data.TFRecordDataset(
       os.path.join(root, "records", names[0])).as_numpy_iterator())
   for frame, record in enumerate(records):
@@ -153,7 +153,7 @@ def test_clear_errors(tmp_path, data):
   write_sketchy(str(bad))
   path = bad / "records" / names[5]
   path.write_bytes(path.read_bytes()[:-100])
-  with pytest.raises(ic.DatasetFormatError, match=f"{names[5]}: truncated"):
+  with pytest.raises(stream.DatasetFormatError, match=f"{names[5]}: truncated"):
     sketchy.num_examples(_config(str(bad)), "train")
   # Wrong image size.
   small = tmp_path / "small"
@@ -161,5 +161,5 @@ def test_clear_errors(tmp_path, data):
       k: u.bytes_feature([u.jpeg_bytes(np.zeros((60, 96, 3), np.uint8))])
       for k in sketchy.CAMERAS})] * 2)
   c = _config(str(small), eval_fraction=0.0)
-  with pytest.raises(ic.DatasetFormatError, match="is 60x96.*600x960"):
+  with pytest.raises(stream.DatasetFormatError, match="is 60x96.*600x960"):
     data_pipelines.get_dataset(c, "train", batch_size=2, seed=0)

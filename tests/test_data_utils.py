@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 
 import data_pipelines
-from data_pipelines import image_common as ic
+from data_pipelines import stream
 
 
 def tf():
-  return ic.tf()
+  return stream.tf()
 
 
 # ---------------------------------------------------------------- writers
@@ -59,11 +59,13 @@ def write_tfrecord(path: str, records, compression: str | None = None):
       w.write(r)
 
 
-def multi_object_scene(rng, v, index: int):
+def multi_object_scene(rng, v, index: int, visible: int | None = None):
   """A scene of a multi-object variant: image, masks [N, H, W] 0/255.
 
   Entity ``e`` covers a distinct horizontal band of rows; the pixel at
   (0, 0) encodes the scene index in the red channel, so tests can find it.
+  With ``visible``, only the first ``visible`` entities have non-empty masks
+  (the others' pixels go to entity 0).
   """
   h, w = v.image_size
   n = v.max_entities
@@ -76,15 +78,17 @@ def multi_object_scene(rng, v, index: int):
     if rng.random() < 0.5:
       y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
       owner[y:y + 3, x:x + 3] = e
+  if visible is not None:
+    owner[owner >= visible] = 0
   masks = np.stack([(owner == e) * 255 for e in range(n)]).astype(np.uint8)
   image = rng.integers(0, 256, (h, w, v.channels)).astype(np.uint8)
   image[0, 0, 0] = index % 256
   return image, masks
 
 
-def multi_object_record(rng, v, index: int) -> tuple[bytes, np.ndarray,
-                                                      np.ndarray]:
-  image, masks = multi_object_scene(rng, v, index)
+def multi_object_record(rng, v, index: int, visible: int | None = None
+                        ) -> tuple[bytes, np.ndarray, np.ndarray]:
+  image, masks = multi_object_scene(rng, v, index, visible)
   stored = np.transpose(masks, (1, 2, 0)) if v.masks_last else masks
   feats = {"image": bytes_feature_per_element(image),
            "mask": bytes_feature_per_element(stored[..., None])}
@@ -98,14 +102,19 @@ def multi_object_record(rng, v, index: int) -> tuple[bytes, np.ndarray,
 
 
 def write_multi_object(data_dir: str, name: str, variant: str, n: int,
-                       seed: int = 0, flat: bool = False):
-  """Writes ``n`` records of a published file; returns (images, masks)."""
+                       seed: int = 0, flat: bool = False, visible=None):
+  """Writes ``n`` records of a published file; returns (path, images, masks).
+
+  ``visible[i]``: entities of record ``i`` with a non-empty mask (all when
+  None).
+  """
   from data_pipelines import multi_object  # pylint: disable=g-import-not-at-top
   v = multi_object.VARIANTS[(name, variant)]
   rng = np.random.default_rng(seed)
   records, images, masks = [], [], []
   for i in range(n):
-    r, im, m = multi_object_record(rng, v, i)
+    r, im, m = multi_object_record(rng, v, i,
+                                   None if visible is None else visible[i])
     records.append(r)
     images.append(im)
     masks.append(m)
@@ -150,7 +159,7 @@ def batches(config, split, *, batch_size, seed=0, start_step=0,
       process_index=process_index, process_count=process_count,
       repeat=repeat)
   out = []
-  for b in ic.iterate(ds):
+  for b in stream.iterate(ds):
     out.append(b)
     if num is not None and len(out) >= num:
       break

@@ -11,6 +11,8 @@ import pytest
 import data_pipelines
 from data_pipelines import bouncing_balls as bb
 from data_pipelines import generate
+from data_pipelines import palette
+from data_pipelines import stream
 from data_pipelines import video_common as vc
 from data_pipelines import video_strip
 
@@ -38,10 +40,10 @@ def test_generate_matches_on_the_fly(tmp_path):
                         for s in v["shards"]])
   on_disk = bb.default_config()
   on_disk.data_dir = out
-  vc.apply_overrides(on_disk, _SMALL + ["content_seed=7"])
+  stream.apply_overrides(on_disk, _SMALL + ["content_seed=7"])
   fly = bb.default_config()
-  vc.apply_overrides(fly, _SMALL + ["content_seed=7", "num_train=5",
-                                    "num_validation=2", "num_test=3"])
+  stream.apply_overrides(fly, _SMALL + ["content_seed=7", "num_train=5",
+                                        "num_validation=2", "num_test=3"])
   assert data_pipelines.num_examples(on_disk, "train") == 5
   for split in ("train", "test"):
     for a, b in zip(_stream(on_disk, split), _stream(fly, split)):
@@ -61,7 +63,7 @@ def test_generate_resumes_and_refuses_other_settings(tmp_path):
   generate.generate("bouncing_balls", out, **kw)  # Redo the missing shard.
   assert os.stat(shard).st_mtime_ns == before
   assert data_pipelines.num_examples(
-      vc.apply_overrides(bb.default_config(), [f"data_dir={out!r}"]),
+      stream.apply_overrides(bb.default_config(), [f"data_dir={out!r}"]),
       "train") == 3
   with pytest.raises(FileExistsError, match="--overwrite"):
     generate.generate("bouncing_balls", out, **dict(kw, seed=1))
@@ -129,7 +131,7 @@ def test_video_strip(tmp_path):
   img = np.asarray(Image.open(path))
   # 2 videos x (frames, gt ids, predicted ids) rows, 4 frames, 2-px gaps.
   assert img.shape == (6 * 8 + 5 * 2, 4 * 8 + 3 * 2, 3)
-  pal = video_strip.palette()
+  pal = palette.palette()
   np.testing.assert_array_equal(img[8 + 2:16 + 2, :8],
                                 pal[batch["segmentation"][0, 0]])
   with pytest.raises(ValueError, match="video"):
