@@ -79,14 +79,15 @@ def build(args, batch: int):
       {"image": x[:1]})["params"]
   if args.inference:
     fn = jax.jit(lambda p, b: model.apply(
-        {"params": p}, b, rngs=step_lib.stream_rngs(jax.random.key(1)),
+        {"params": p}, b, rngs=step_lib.stream_rngs(jax.random.key(1),
+                                                    model.rng_streams),
         train=False).losses)
     return fn, (params, batch_in)
   from ocjax.objectives import geco as geco_lib  # pylint: disable=g-import-not-at-top
   objective = geco_lib.GecoObjective(geco=geco_lib.Geco(goal=0.5655 * 3 *
                                                         args.image_size**2))
   tx = optax.adam(1e-4)
-  state = step_lib.create_state(params, tx, objective)
+  state = step_lib.create_state({"params": params}, tx, objective)
   train_step = step_lib.make_train_step(model, objective, tx, seed=0,
                                         grad_accum_steps=args.grad_accum)
   return train_step, (state, batch_in)

@@ -1,14 +1,15 @@
 r"""Apply a trained model to your own images.
 
     python -m ocjax.segment --workdir=DIR --input=PATH [--output=OUT] \
-        [--step=S] [--batch_size=16] [--flexible=auto|true|false]
+        [--step=S] [--batch_size=16] [--eval_mode=MODE]
 
 ``PATH`` is an image file or a folder of them (png, jpg, jpeg, bmp, gif,
 tif, tiff, webp; not recursive), of any size. Each image is cropped and
-resized as the run's training data was (`preprocessing_for`: a centre crop
-of the dataset's proportions, then a resize to the model's resolution with
-the dataset's filter), and the model reads the images in fixed-size batches
-through one jit-compiled function. ``OUT`` (default ``DIR/segment/<name of
+resized as the run's training data was (`data_pipelines.preprocessing_for`,
+from the dataset's module: a centre crop of the dataset's proportions, then
+a resize to the model's resolution with the dataset's filter), and the model
+reads the images in fixed-size batches through one jit-compiled function in
+one of its evaluation modes (default: its first, e.g. fixed K). ``OUT`` (default ``DIR/segment/<name of
 PATH>``) receives, per image, a folder ``OUT/<image stem>/`` with
 
 * ``input.png``: the image as the model saw it;
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -49,14 +49,11 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from data_pipelines import image_common
-from data_pipelines import multi_object
-from data_pipelines import shapestacks
-from ocjax.eval import runner
+import data_pipelines
+from data_pipelines import palette as palette_lib
+from data_pipelines import preprocess as preprocess_lib
+from ocjax import run as run_lib
 from ocjax.train import checkpoint
-from ocjax.train import loop
-from ocjax.train import mesh as mesh_lib
-from ocjax.train import step as step_lib
 from ocjax.viz import grids
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -66,112 +63,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif",
 _AUX_KEYS = {"mu": "latent_mean", "sigma": "latent_std",
              "positions": "positions", "presence": "presence",
              "num_slots_used": "num_slots_used"}
+Preprocess = preprocess_lib.Preprocess
 
 
 class SegmentError(RuntimeError):
   """The input or the run cannot be used as asked."""
-
-
-# ------------------------------------------------------------ preprocessing
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-  """Centre crop (a fraction of the shorter side), then a square resize.
-
-  Attributes:
-    size: output height = width (the model's resolution).
-    crop_fraction: side of the square centre crop over the shorter side.
-    resize: "bilinear" (PIL, antialiased), "nearest_torch" (PyTorch's
-      ``F.interpolate`` rule) or "nearest_pil".
-    description: what is done, in words (for the JSON summary).
-  """
-  size: int
-  crop_fraction: float = 1.0
-  resize: str = "bilinear"
-  description: str = ""
-
-  def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
-    """``(top, left, side, side)`` of the centre crop."""
-    side = max(1, min(height, width,
-                      int(self.crop_fraction * min(height, width))))
-    return (height - side) // 2, (width - side) // 2, side, side
-
-  def __call__(self, image: np.ndarray):
-    """uint8 ``[H, W, 3]`` -> (float32 ``[S, S, 3]`` in [0, 1], crop box)."""
-    top, left, h, w = self.crop_box(*image.shape[:2])
-    crop = image[top:top + h, left:left + w]
-    s = self.size
-    if (h, w) != (s, s):
-      if self.resize == "nearest_torch":
-        rows = image_common.torch_nearest_indices(h, s)
-        cols = image_common.torch_nearest_indices(w, s)
-        crop = crop[rows][:, cols]
-      else:
-        method = {"bilinear": Image.BILINEAR,
-                  "nearest_pil": Image.NEAREST}[self.resize]
-        crop = np.asarray(Image.fromarray(crop).resize((s, s), method))
-    return crop.astype(np.float32) / 255.0, (top, left, h, w)
-
-
-def preprocessing_for(data: Any) -> Preprocess:
-  """The crop and resize of the run's dataset, for images of any size.
-
-  The dataset modules crop their own files at fixed pixel sizes; here the
-  same crop is taken as a fraction of the shorter side, so an image shaped
-  like the dataset's is cropped as the dataset was. Datasets without a crop
-  of their own (and unknown ones) get a centre crop to a square.
-  """
-  name, size = str(data.name), int(data.image_size)
-
-  def get(field, default):
-    return data.get(field, default) if hasattr(data, "get") else default
-
-  square = (f"centre crop to a square (no-op for square images), then "
-            f"resize to {size}x{size}")
-  if name == "sprites":
-    return Preprocess(size, 1.0, "bilinear",
-                      f"sprites (procedural, square): {square} (bilinear)")
-  if name in ("objects_room", "clevr_with_masks", "multi_dsprites",
-              "tetrominoes"):
-    variant = get("variant", "") or multi_object.DEFAULT_VARIANT[name]
-    raw = multi_object.VARIANTS.get((name, variant),
-                                    multi_object.VARIANTS[
-                                        (name, multi_object.DEFAULT_VARIANT[
-                                            name])]).image_size
-    crop = int(get("crop_size", -1))
-    if crop == -1:
-      crop = multi_object.GENESIS_CROP.get(name, 0)
-    method = str(get("resize_method", "nearest_torch"))
-    if crop:
-      frac = crop / min(raw)
-      text = (f"{name}: centre crop of {frac:.3g} x the shorter side (as "
-              f"{crop} of {raw[0]}x{raw[1]}), then resize to {size}x{size} "
-              f"({method})")
-    else:
-      frac, text = 1.0, f"{name}: {square} ({method})"
-    return Preprocess(size, frac, method, text)
-  if name == "shapestacks":
-    crop = int(get("crop_size", 196))
-    frac = crop / shapestacks.IMAGE_SIZE
-    return Preprocess(size, frac, "bilinear", (
-        f"shapestacks: centre crop of {frac:.3g} x the shorter side (as "
-        f"{crop} of {shapestacks.IMAGE_SIZE}), then resize to {size}x{size} "
-        "(bilinear)"))
-  if name == "clevrtex":
-    frac = float(get("crop_fraction", 0.8))
-    return Preprocess(size, frac, "bilinear", (
-        f"clevrtex: centre crop of {frac:.3g} x the shorter side, then "
-        f"resize to {size}x{size} (bilinear)"))
-  if name == "apc":
-    return Preprocess(size, 1.0, "bilinear", (
-        f"apc: shorter side to {size} and centre crop, i.e. {square} "
-        "(bilinear)"))
-  if name == "sketchy":
-    return Preprocess(size, 1.0, "bilinear", (
-        f"sketchy: {square} (bilinear); training used fixed crops of the "
-        "front cameras' frames"))
-  return Preprocess(size, 1.0, "bilinear", (
-      f"{name}: no preprocessing known for this dataset; default: {square} "
-      "(bilinear)"))
 
 
 # ------------------------------------------------------------------ inputs
@@ -236,29 +132,13 @@ class _ProgressBar:
 
 
 # ------------------------------------------------------------------- model
-def load_run(workdir: str, step: int | None = None):
-  """``(config, model, params, step)`` of the run in ``workdir``."""
-  config = runner.config_from_workdir(workdir)
-  model, objective, tx = loop.build(config)
-  size = int(config.model.image_size)
-  # Shapes only: the dataset itself need not be present.
-  example = {"image": np.zeros((1, size, size, 3), np.float32)}
-  checkpointer = loop.make_checkpointer(config, workdir, read_only=True)
-  state, _ = loop.init_or_restore(
-      config, model, objective, tx, checkpointer, mesh_lib.make_mesh(),
-      example, step=-1 if step is None else step, require=True)
-  return config, model, state.params, int(state.step)
-
-
-def make_predict(model, seed: int, flexible: bool):
-  """Jitted ``(params, images [B, S, S, 3]) -> per-image outputs``."""
-  kwargs = {"flexible": True} if flexible else {}
+def make_predict(run: run_lib.Run, mode: str):
+  """Jitted ``(variables, images [B, S, S, 3]) -> per-image outputs``."""
+  apply = run.apply_fn("eval", mode)
 
   @jax.jit
-  def predict(params, images):
-    key = step_lib.purpose_key(seed, "eval")
-    out = model.apply({"params": params}, {"image": images}, train=False,
-                      rngs=step_lib.stream_rngs(key), **kwargs)
+  def predict(variables, images):
+    out = apply(variables, {"image": images})
     res = {"masks": out.masks, "latents": out.latents,
            "segmentations": out.segmentations}
     for k in _AUX_KEYS:
@@ -269,16 +149,10 @@ def make_predict(model, seed: int, flexible: bool):
   return predict
 
 
-def _supports_flexible(model) -> bool:
-  return "flexible" in inspect.signature(type(model).__call__).parameters
-
-
 # ----------------------------------------------------------------- outputs
 def _palette_bytes() -> list[int]:
-  # Slot k has colour PALETTE[k + 1], as in the figures' mask colouring.
-  colours = np.roll(grids.PALETTE, -1, axis=0)
-  colours = np.resize(colours, (256, 3))
-  return colours.astype(np.uint8).reshape(-1).tolist()
+  # Slot k has the colour of label k + 1, as in the figures' mask colouring.
+  return palette_lib.palette(257)[1:].reshape(-1).tolist()
 
 
 def _unique_stem(path: str, taken: set[str]) -> str:
@@ -365,7 +239,7 @@ def _batches(files: Sequence[str], prep: Preprocess, batch_size: int,
 
 def segment(workdir: str, input_path: str, output: str | None = None, *,
             step: int | None = None, batch_size: int = 16,
-            flexible: bool | None = None) -> dict[str, Any]:
+            eval_mode: str | None = None) -> dict[str, Any]:
   """Segments the image(s) at ``input_path``; returns the run summary.
 
   Args:
@@ -374,8 +248,7 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
     output: output folder (default ``workdir/segment/<name of input>``).
     step: checkpoint step (default: the latest).
     batch_size: images per compiled call (the last batch is padded).
-    flexible: flexible K where the model has it (default: the run's
-      ``eval.flexible``).
+    eval_mode: one of the model's evaluation modes (default: its first).
 
   Raises:
     SegmentError: no images, a single unreadable image, or none readable.
@@ -383,14 +256,23 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
   files = list_images(input_path)
   if batch_size < 1:
     raise SegmentError(f"--batch_size={batch_size}; expected >= 1.")
-  config, model, params, step = load_run(workdir, step)
-  prep = preprocessing_for(config.data)
-  if prep.size != int(config.model.image_size):
-    prep = dataclasses.replace(prep, size=int(config.model.image_size))
-  if flexible is None:
-    flexible = bool(config.get("eval", {}).get("flexible", False))
-  flexible = flexible and _supports_flexible(model)
-  predict = make_predict(model, int(config.seed), flexible)
+  run, state = run_lib.restore(workdir, step)
+  config, model = run.config, run.model
+  if model.input_key != "image":
+    raise SegmentError(f"Model {config.model.name!r} reads {model.input_key}s;"
+                       " this command segments images.")
+  step = int(state.step)
+  modes = list(model.eval_modes)
+  eval_mode = eval_mode or modes[0]
+  if eval_mode not in modes:
+    raise SegmentError(f"--eval_mode={eval_mode}: model "
+                       f"{config.model.name!r} has the modes {modes}.")
+  size = int(model.dummy_batch(1)["image"].shape[1])
+  prep = data_pipelines.preprocessing_for(config.data)
+  if prep.size != size:
+    prep = dataclasses.replace(prep, size=size)
+  predict = make_predict(run, eval_mode)
+  params = state.variables()
   name = os.path.basename(os.path.normpath(input_path))
   if os.path.isfile(input_path):
     name = os.path.splitext(name)[0]
@@ -415,7 +297,7 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
               "original_size": [int(v) for v in item["raw_size"]],
               "crop_box": {"top": top, "left": left, "height": h,
                            "width": w},
-              "model_size": [s, s], "step": step, "flexible": flexible}
+              "model_size": [s, s], "step": step, "eval_mode": eval_mode}
       summary = write_outputs(os.path.join(output, stem), item["image"],
                               row, info)
       images.append({"source": info["source"], "output": stem,
@@ -434,7 +316,7 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
          "model": str(config.model.name), "dataset": str(config.data.name),
          "preprocessing": prep.description, "resize": prep.resize,
          "crop_fraction": prep.crop_fraction, "image_size": s,
-         "flexible": flexible, "num_images": len(images), "images": images,
+         "eval_mode": eval_mode, "num_images": len(images), "images": images,
          "errors": errors}
   with open(os.path.join(output, "segment.json"), "w",
             encoding="utf-8") as f:
@@ -454,15 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--step", type=int, default=None,
                       help="Checkpoint step (default: the latest).")
   parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--flexible", default="auto",
-                      choices=("auto", "true", "false"),
-                      help="Flexible K (models that have it); auto: the "
-                      "run's eval.flexible.")
+  parser.add_argument("--eval_mode", default=None,
+                      help="One of the model's evaluation modes (e.g. fixed "
+                      "or flexible K); default: its first.")
   args = parser.parse_args(argv)
-  flexible = {"auto": None, "true": True, "false": False}[args.flexible]
   try:
     run = segment(args.workdir, args.input, args.output, step=args.step,
-                  batch_size=args.batch_size, flexible=flexible)
+                  batch_size=args.batch_size, eval_mode=args.eval_mode)
   except (SegmentError, FileNotFoundError, ValueError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

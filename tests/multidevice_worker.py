@@ -20,6 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import data_pipelines  # noqa: E402
+from ocjax import run as run_lib  # noqa: E402
 from ocjax.train import loop  # noqa: E402
 from ocjax.train import mesh as mesh_lib  # noqa: E402
 from ocjax.train import step as step_lib  # noqa: E402
@@ -60,20 +61,18 @@ def update_rel_diff(after_a, after_b, before):
 
 def devices(out_path):
   c = config()
-  model, objective, tx = loop.build(c)
-  example = loop.example_batch(c)
+  run = run_lib.build(c)
+  model, objective, tx = run.model, run.objective, run.tx
   ds = data_pipelines.get_dataset(c.data, "train", batch_size=8, seed=c.seed,
                                   process_index=0, process_count=1)
   it = data_pipelines.iterate(ds)
-  batches = [loop.model_inputs(next(it)) for _ in range(2)]
+  batches = [run_lib.model_inputs(next(it)) for _ in range(2)]
   results = {}
-  params0 = jax.device_get(
-      step_lib.init_params(model, loop.model_inputs(example), c.seed))
+  params0 = jax.device_get(run.init_state(mesh_lib.make_mesh(
+      jax.devices()[:1])).params)
   for n in (1, 8):
     mesh = mesh_lib.make_mesh(jax.devices()[:n])
-    params = step_lib.init_params(model, loop.model_inputs(example), c.seed)
-    state = jax.device_put(step_lib.create_state(params, tx, objective),
-                           mesh_lib.replicated(mesh))
+    state = run.init_state(mesh)
     train_step = step_lib.make_train_step(
         model, objective, tx, seed=c.seed,
         state_sharding=mesh_lib.replicated(mesh),

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import test_train
+from ocjax import run as run_lib
 from ocjax.eval import best_worst
 from ocjax.eval import runner
-from ocjax.train import loop
-from ocjax.train import mesh as mesh_lib
 
 
 def make_run(tmp_path_factory):
@@ -26,12 +25,10 @@ def make_run(tmp_path_factory):
   config = test_train.tiny_config(2)
   if os.path.exists(os.path.join(workdir, "checkpoints")):
     return config, workdir
-  loop.check_workdir_config(config, workdir)
-  model, objective, tx = loop.build(config)
-  ck = loop.make_checkpointer(config, workdir)
-  state, _ = loop.init_or_restore(config, model, objective, tx, ck,
-                                  mesh_lib.make_mesh(),
-                                  loop.example_batch(config))
+  run_lib.check_workdir_config(config, workdir)
+  run = run_lib.build(config)
+  ck = run.checkpointer(workdir)
+  state = run.init_state()
   ck.save(0, state, {"step": 0, "data_position": 0,
                      "model": config.model.name})
   ck.close()
@@ -55,12 +52,18 @@ def test_select_ranks_best_median_worst():
   assert all(len(v) == 0 for v in best_worst.select(np.array([]), 3).values())
 
 
-def test_score_key_prefers_the_decoder_masks():
+def test_score_key_follows_the_model_declaration():
   keys = {"fixed/attention/ari_fg": 0, "fixed/decoder/ari_fg": 0,
-          "flexible/decoder/ari_fg": 0, "position": 0}
-  assert best_worst.score_key(keys) == "fixed/decoder/ari_fg"
-  assert best_worst.score_key({"fixed/masks/ari_fg": 0}) == (
-      "fixed/masks/ari_fg")
+          "flexible/decoder/ari_fg": 0, "flexible/attention/ari_fg": 0,
+          "position": 0}
+  # GENESIS-V2 reports its decoder masks; its first mode is fixed K.
+  run = run_lib.build(test_train.tiny_config(2))
+  assert run.model.reported_segmentation == "decoder"
+  assert best_worst.score_key(keys, run) == "fixed/decoder/ari_fg"
+  # Without a model: the first segmentation in a fixed-K mode.
+  assert best_worst.score_key(keys) == "fixed/attention/ari_fg"
+  assert best_worst.score_key({"flexible/masks/ari_fg": 0}) == (
+      "flexible/masks/ari_fg")
   with pytest.raises(KeyError, match="ari_fg"):
     best_worst.score_key({"mse": 0})
 
@@ -78,11 +81,11 @@ def test_evaluate_writes_the_best_median_worst_grid(run, monkeypatch):
   real = best_worst.write_grid
 
   def spy(*args, **kwargs):
-    per_image.update(args[5])
+    per_image.update(args[4])
     return real(*args, **kwargs)
 
   monkeypatch.setattr(best_worst, "write_grid", spy)
-  results = runner.evaluate(config, workdir)
+  results = runner.evaluate(workdir)
   assert results["num_images"] == config.eval.num_examples
   png = os.path.join(workdir, "eval", "0_best_median_worst.png")
   assert os.path.exists(png)
@@ -119,7 +122,7 @@ def test_config_from_workdir_fills_fields_added_since(tmp_path):
   saved["data"] = {"name": "objects_room", "image_size": 64,
                    "data_dir": "/data"}
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  restored = runner.config_from_workdir(str(tmp_path))
+  restored = run_lib.config_from_workdir(str(tmp_path))
   assert restored.model.flexible_decode_all is False  # the default
   assert restored.model.num_slots == config.model.num_slots
   assert restored.train.num_steps == 2
@@ -127,10 +130,10 @@ def test_config_from_workdir_fills_fields_added_since(tmp_path):
   assert restored.data.to_dict() == saved["data"]
   # JSON lists come back as the tuples the experiment file wrote.
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  assert runner.config_from_workdir(str(tmp_path)).data.shapes == (
+  assert run_lib.config_from_workdir(str(tmp_path)).data.shapes == (
       config.data.shapes)
   with pytest.raises(FileNotFoundError, match="config.json"):
-    runner.config_from_workdir(str(tmp_path / "nowhere"))
+    run_lib.config_from_workdir(str(tmp_path / "nowhere"))
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(ValueError, match="no 'model' section"):
-    runner.config_from_workdir(str(tmp_path))
+    run_lib.config_from_workdir(str(tmp_path))

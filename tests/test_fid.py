@@ -313,7 +313,7 @@ def run(tmp_path_factory):
 def test_fid_of_a_run_end_to_end(run, tiny_weights, monkeypatch):
   config, workdir = run
   extractor = fid_eval.load_extractor(tiny_weights)
-  result = fid_eval.compute_fid(config, workdir, None, num=12, batch_size=4,
+  result = fid_eval.compute_fid(workdir, None, num=12, batch_size=4,
                                 extractor=extractor)
   path = os.path.join(workdir, "eval", "fid_0.json")
   with open(path, encoding="utf-8") as f:
@@ -345,7 +345,7 @@ def test_fid_of_a_run_end_to_end(run, tiny_weights, monkeypatch):
 def test_fid_without_weights_is_a_clear_error(run):
   config, workdir = run
   with pytest.raises(fid_eval.FIDError, match="--inception_weights=FILE"):
-    fid_eval.compute_fid(config, workdir, None)
+    fid_eval.compute_fid(workdir, None)
 
 
 def test_fid_cli_without_weights_fails_clearly(tmp_path):

@@ -300,10 +300,10 @@ def run_prior_samples(ref):
   out = jax.jit(lambda p, e: genesis_v2.GenesisV2().apply(
       {"params": p}, e.shape[0], noise=dict(prior_eps=e),
       method=genesis_v2.GenesisV2.sample))(params, eps)
-  ours = {"z": _kb(out["z"]), "prior_mu": _kb(out["prior_mu"][:, 1:]),
-          "prior_sigma": _kb(out["prior_sigma"][:, 1:]),
-          "lstm_out": _kb(out["prior_h"]), "x_k": _kb_chw(out["components"]),
-          "log_m_k": _kb_chw(out["log_pi"]), "recon": _nchw(out["image"])}
+  ours = {"z": _kb(out.latents), "prior_mu": _kb(out.aux["prior_mu"][:, 1:]),
+          "prior_sigma": _kb(out.aux["prior_sigma"][:, 1:]),
+          "lstm_out": _kb(out.aux["prior_h"]), "x_k": _kb_chw(out.components),
+          "log_m_k": _kb_chw(out.aux["log_pi"]), "recon": _nchw(out.image)}
   return {k: (v, ref[f"sample/{k}"]) for k, v in ours.items()}
 
 

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from ocjax.train import loop
-from ocjax.train import step as step_lib
+from ocjax import run as run_lib
 
 import multidevice_worker
 import test_train
@@ -93,9 +92,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
   a, meta = test_train.restore_params(config, multi)
   b, _ = test_train.restore_params(config, single)
   assert int(a.step) == 2 and meta["data_position"] == 2
-  model, _, _ = loop.build(config)
-  params0 = step_lib.init_params(
-      model, loop.model_inputs(loop.example_batch(config)), config.seed)
+  params0 = run_lib.build(config).init_state().params
   total, per_leaf = multidevice_worker.update_rel_diff(a.params, b.params,
                                                       params0)
   assert total < 1e-4 and per_leaf < 1e-2, (total, per_leaf)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data_pipelines
 import test_eval_grid
 from data_pipelines import clevrtex
 from data_pipelines import multi_object
@@ -163,26 +164,26 @@ def _data(module, **overrides):
 
 def test_preprocessing_follows_the_dataset():
   sprites = ml_collections.ConfigDict({"name": "sprites", "image_size": 64})
-  p = segment.preprocessing_for(sprites)
+  p = data_pipelines.preprocessing_for(sprites)
   assert (p.size, p.crop_fraction, p.resize) == (64, 1.0, "bilinear")
   assert p.crop_box(48, 64) == (0, 8, 48, 48)
   # CLEVR (with masks): GENESIS's 192 of 240x320, nearest, to 128.
   clevr = _data(multi_object, name="clevr_with_masks", image_size=128)
-  p = segment.preprocessing_for(clevr)
+  p = data_pipelines.preprocessing_for(clevr)
   assert p.crop_box(240, 320) == (24, 64, 192, 192)
   assert p.resize == "nearest_torch"
   assert p.crop_box(480, 640) == (48, 128, 384, 384)  # same proportions
   # ShapeStacks: 196 of 224, bilinear.
-  p = segment.preprocessing_for(_data(shapestacks))
+  p = data_pipelines.preprocessing_for(_data(shapestacks))
   assert p.crop_box(224, 224) == (14, 14, 196, 196)
   # CLEVRTEX: 0.8 of the shorter side.
-  p = segment.preprocessing_for(_data(clevrtex))
+  p = data_pipelines.preprocessing_for(_data(clevrtex))
   assert p.crop_box(240, 320) == (24, 64, 192, 192)
   unknown = ml_collections.ConfigDict({"name": "mine", "image_size": 32})
-  p = segment.preprocessing_for(unknown)
+  p = data_pipelines.preprocessing_for(unknown)
   assert "default" in p.description and p.crop_fraction == 1.0
   x = np.arange(240 * 320 * 3, dtype=np.uint8).reshape(240, 320, 3)
-  image, box = segment.preprocessing_for(clevr)(x)
+  image, box = data_pipelines.preprocessing_for(clevr)(x)
   assert image.shape == (128, 128, 3) and image.dtype == np.float32
   assert box == (24, 64, 192, 192)
 

@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 import data_pipelines
+from experiments import common
 from experiments import genesis_v2 as experiment
+from ocjax import run as run_lib
 from ocjax.eval import runner
 from ocjax.eval import sampling
 from ocjax.train import checkpoint as ckpt_lib
@@ -23,36 +26,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(num_steps=4, **overrides):
-  c = experiment.get_config("quick,smoke")
+  c = experiment.get_config("quick,smoke,tiny")
   with c.unlocked():
-    c.data.image_size = 32
-    c.data.num_train = 64
-    c.data.num_test = 8
-    c.model.num_slots = 3
-    c.model.feat_dim = 16
-    c.model.decoder_channels = 16
     c.train.num_steps = num_steps
     c.train.checkpoint_every = 2
     c.train.keep_every = 2
     c.train.image_every = 100
     c.train.log_every = 1
     c.sample.num = 2
-    for k, v in overrides.items():
-      node = c
-      *path, last = k.split(".")
-      for p in path:
-        node = node[p]
-      node[last] = v
+    common.set_fields(c, overrides)
   return c
 
 
 def restore_params(config, workdir, step=None):
-  model, objective, tx = loop.build(config)
-  ck = loop.make_checkpointer(config, workdir, read_only=True)
-  state, meta = loop.init_or_restore(
-      config, model, objective, tx, ck, mesh_lib.make_mesh(),
-      loop.example_batch(config), step=step, require=True)
-  return state, meta
+  run = run_lib.build(config)
+  ck = run.checkpointer(workdir, read_only=True)
+  try:
+    return run.restore(ck, step=step)
+  finally:
+    ck.close()
 
 
 class _Interrupt(Exception):
@@ -136,7 +128,7 @@ def test_run_leaves_its_artifacts(straight_run):
 
 def test_evaluate_and_sample(straight_run):
   config, workdir = straight_run
-  results = runner.evaluate(config, workdir)
+  results = runner.evaluate(workdir)
   assert os.path.exists(os.path.join(workdir, "eval", "4.json"))
   for key in ("fixed/attention/ari_fg", "fixed/decoder/ari_fg",
               "flexible/decoder/msc_fg", "flexible/num_slots", "loss_nll"):
@@ -144,30 +136,27 @@ def test_evaluate_and_sample(straight_run):
   assert results["num_images"] == config.eval.num_examples
   table = runner.format_table(results)
   assert "flexible" in table and "ari_fg" in table
-  grid = sampling.sample(config, workdir, num=3)
+  grid = sampling.sample(workdir, num=3)
   assert os.path.exists(grid)
   assert len(os.listdir(os.path.join(workdir, "samples", "4"))) == 3
 
 
 def test_train_step_compiles_once(tmp_path):
   config = tiny_config(3)
-  model, objective, tx = loop.build(config)
+  run = run_lib.build(config)
   from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh_lib.make_mesh()
-  example = loop.example_batch(config)
-  ck = loop.make_checkpointer(config, str(tmp_path))
-  state, _ = loop.init_or_restore(config, model, objective, tx, ck, mesh,
-                                  example)
+  state = run.init_state(mesh)
   train_step = step_lib.make_train_step(
-      model, objective, tx, seed=0, state_sharding=mesh_lib.replicated(mesh),
+      run.model, run.objective, run.tx, seed=0,
+      state_sharding=mesh_lib.replicated(mesh),
       batch_sharding=mesh_lib.batch_sharding(mesh))
   ds = data_pipelines.get_dataset(config.data, "train", batch_size=4, seed=0)
   for batch, _ in zip(ds.as_numpy_iterator(), range(3)):
-    batch = mesh_lib.to_global(loop.model_inputs(batch),
+    batch = mesh_lib.to_global(run_lib.model_inputs(batch),
                                mesh_lib.batch_sharding(mesh))
     state, _ = train_step(state, batch)
   assert train_step._cache_size() == 1  # pylint: disable=protected-access
-  ck.close()
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path, monkeypatch):
@@ -211,8 +200,9 @@ def test_workdir_of_another_model_is_refused(straight_run):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config()
+  run_lib.check_workdir_config(config, str(tmp_path / "empty"))
   with pytest.raises(ckpt_lib.CheckpointError, match="No checkpoint in"):
-    runner.evaluate(config, str(tmp_path / "empty"))
+    runner.evaluate(str(tmp_path / "empty"))
   with pytest.raises(ckpt_lib.CheckpointError, match="No checkpoint of step 3"):
     restore_params(config, str(tmp_path / "empty2"), step=3)
 
@@ -255,7 +245,7 @@ def test_gradient_accumulation_matches_the_full_batch():
   from ocjax.objectives import geco as geco_lib  # pylint: disable=g-import-not-at-top
   from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
-  class TinyAE(nn.Module):
+  class TinyAE(base.ObjectCentricModel):
     @nn.compact
     def __call__(self, batch, train=True):
       x = batch["image"]
@@ -277,15 +267,14 @@ def test_gradient_accumulation_matches_the_full_batch():
   out = []
   for accum in (1, 2):
     # The step donates its state: give each run its own copy.
-    state = step_lib.create_state(jax.tree.map(jnp.copy, params), tx,
-                                  objective)
+    state = step_lib.create_state({"params": jax.tree.map(jnp.copy, params)},
+                                  tx, objective)
     step = step_lib.make_train_step(model, objective, tx, seed=0,
                                     grad_accum_steps=accum)
     for _ in range(3):
       state, metrics = step(state, batch)
     out.append((state, metrics))
   (s1, m1), (s2, m2) = out
-  chex = pytest.importorskip("chex")
   chex.assert_trees_all_close(s2.params, s1.params, rtol=1e-5, atol=1e-6)
   for k in ("loss", "nll", "kl", "beta"):
     assert float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-5), k
@@ -293,3 +282,67 @@ def test_gradient_accumulation_matches_the_full_batch():
       float(s1.objective_state.beta), rel=1e-6)
   assert float(s2.objective_state.err_ema) == pytest.approx(
       float(s1.objective_state.err_ema), rel=1e-6)
+
+
+def test_batch_statistics_live_in_the_train_state(tmp_path):
+  """A model with BatchNorm: the step updates its running statistics (also
+  over micro-batches), checkpoints keep them and evaluation reads them."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from ocjax.models import base  # pylint: disable=g-import-not-at-top
+  from ocjax.objectives import weighted_sum  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  class TinyBN(base.ObjectCentricModel):
+    mutable_collections = ("batch_stats",)
+
+    @nn.compact
+    def __call__(self, batch, train=True):
+      x = batch["image"]
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+      recon = nn.sigmoid(nn.Dense(3)(h))
+      b = x.shape[0]
+      return base.ModelOutput(
+          recon=recon, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
+          components=recon[:, None],
+          losses=dict(mse=jnp.mean((recon - x) ** 2, axis=(1, 2, 3))),
+          latents=jnp.zeros((b, 1, 1)), segmentations={})
+
+  model, objective = TinyBN(), weighted_sum.WeightedSum()
+  tx = optax.sgd(0.1)
+  batch = {"image": jax.random.uniform(jax.random.key(0), (4, 5, 5, 3))}
+  variables = step_lib.init_variables(model, batch, seed=0)
+  assert set(variables) == {"params", "batch_stats"}
+  means = []
+  for accum in (1, 2):
+    state = step_lib.create_state(jax.tree.map(jnp.copy, variables), tx,
+                                  objective)
+    step = step_lib.make_train_step(model, objective, tx, seed=0,
+                                    grad_accum_steps=accum)
+    state, _ = step(state, batch)
+    stats = state.model_state["batch_stats"]["BatchNorm_0"]
+    means.append(np.asarray(stats["mean"]))
+  # One batch: momentum 0.5 -> half the batch mean.
+  want = 0.5 * np.asarray(batch["image"]).mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(means[0], want, rtol=1e-5)
+  # Two micro-batches update the statistics one after the other.
+  rows = [np.asarray(batch["image"])[a::2].mean(axis=(0, 1, 2))
+          for a in range(2)]
+  np.testing.assert_allclose(means[1], 0.25 * rows[0] + 0.5 * rows[1],
+                             rtol=1e-5)
+  # Checkpointed with the state, and evaluation reads them.
+  from ocjax.train import checkpoint as ck  # pylint: disable=g-import-not-at-top
+  checkpointer = ck.Checkpointer(str(tmp_path), keep_every=0, max_to_keep=1)
+  checkpointer.save(1, state, {"step": 1, "data_position": 1})
+  checkpointer.wait()
+  restored, _ = checkpointer.restore(ck.abstract_like(state))
+  checkpointer.close()
+  np.testing.assert_array_equal(
+      restored.model_state["batch_stats"]["BatchNorm_0"]["mean"], means[1])
+  out = model.apply(restored.variables(), batch, train=False)
+  manual = model.apply(
+      {"params": state.params,
+       "batch_stats": jax.tree.map(jnp.zeros_like, state.model_state[
+           "batch_stats"])}, batch, train=False)
+  assert not np.allclose(out.recon, manual.recon)

@@ -8,8 +8,8 @@ unless ``--step``) and, when present, ``DIR/eval/fid_<step>.json``
 (``--mode=fid``), and writes ``PREFIX.md`` and ``PREFIX.json`` (default
 ``aggregate.md`` / ``.json`` in the working directory). The markdown holds
 
-* a segmentation table shaped like GENESIS-V2's Tables 1-2: one row per K
-  mode (fixed / flexible) and segmentation (attention / decoder masks),
+* a segmentation table shaped like paper 001's Tables 1-2: one row per
+  evaluation mode (e.g. fixed / flexible K) and segmentation,
   columns ARI-FG, MSC-FG, ARI, MSC and the average number of slots used;
 * a table of the likelihood and generation figures: NLL, KL, MSE, FID.
 
@@ -31,11 +31,12 @@ import numpy as np
 
 SEG_COLUMNS = (("ari_fg", "ARI-FG"), ("msc_fg", "MSC-FG"), ("ari", "ARI"),
                ("msc", "MSC"))
-OTHER_COLUMNS = (("loss_nll", "NLL"), ("loss_kl", "KL"), ("mse", "MSE"),
-                 ("fid", "FID"))
+# Loss terms (``loss_<term>``, named as the model names them) come first,
+# then these.
+OTHER_COLUMNS = (("mse", "MSE"), ("fid", "FID"))
 _STEP_FILE = re.compile(r"^(\d+)\.json$")
 _BOOKKEEPING = ("step", "num_images", "num_samples", "num_test",
-                "feature_dim", "seconds")
+                "train_seconds", "feature_dim", "seconds")
 
 
 class AggregateError(ValueError):
@@ -179,7 +180,9 @@ def format_markdown(agg: dict[str, Any]) -> str:
       cells.append(_fmt(f"{mode}/num_slots", m.get(f"{mode}/num_slots"), n))
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-  present = [(k, name) for k, name in OTHER_COLUMNS if k in m]
+  present = [(k, k[len("loss_"):].upper()) for k in sorted(m)
+             if k.startswith("loss_")]
+  present += [(k, name) for k, name in OTHER_COLUMNS if k in m]
   if present:
     lines += ["| " + " | ".join(name for _, name in present) + " |",
               "|" + "|".join(["---:"] * len(present)) + "|",

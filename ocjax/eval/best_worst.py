@@ -1,14 +1,14 @@
 """The best, median and worst evaluation images by ARI-FG, as one PNG grid.
 
-`ocjax.eval.runner.evaluate_params` hands back every image's scores and its
-position in the evaluation stream; `write_grid` picks the ``n`` best, the
+`ocjax.eval.runner.evaluate_variables` hands back every image's scores and
+its position in the evaluation stream; `write_grid` picks the ``n`` best, the
 ``n`` around the median and the ``n`` worst by ARI-FG of the model's reported
-segmentation (GENESIS-V2: the decoder masks, fixed K), fetches exactly those
-images again (the evaluation stream is deterministic and seekable), runs the
-model on their whole batches with the evaluation rng (so the masks are the
-ones that were scored) and draws
+segmentation in its first evaluation mode, fetches exactly those images again
+(the evaluation stream is deterministic and seekable), runs the model on their
+whole batches with the evaluation rng (so the masks are the ones that were
+scored) and draws
 
-  input | ground truth | reconstruction | attention | masks | components
+  input | ground truth | reconstruction | each segmentation | components
 
 one row per image, under a banner per group. Writes
 ``<workdir>/eval/<step>_best_median_worst.png`` and a ``.json`` naming the
@@ -17,7 +17,6 @@ images (stream positions) and their scores.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any
@@ -28,9 +27,8 @@ from PIL import Image
 from PIL import ImageDraw
 
 import data_pipelines
+from ocjax import run as run_lib
 from ocjax.metrics import segmentation as seg_metrics
-from ocjax.train import loop
-from ocjax.train import step as step_lib
 from ocjax.viz import grids
 
 GROUPS = ("best", "median", "worst")
@@ -38,20 +36,22 @@ _BANNER_COLOURS = {"best": (40, 150, 60), "median": (110, 110, 110),
                    "worst": (200, 40, 40)}
 
 
-def score_key(per_image: dict[str, Any], metric: str = "ari_fg") -> str:
-  """The per-image score to rank by: fixed K, the model's masks.
-
-  ``fixed/decoder/<metric>`` where the model has decoder masks, else the
-  first fixed-K segmentation that has it.
-  """
-  preferred = f"fixed/decoder/{metric}"
-  if preferred in per_image:
-    return preferred
+def score_key(per_image: dict[str, Any], run: run_lib.Run | None = None,
+              metric: str = "ari_fg") -> str:
+  """The per-image score to rank by: the model's reported segmentation in its
+  first evaluation mode (without ``run``: the first segmentation that has
+  ``metric`` in a mode named ``fixed``, else in any mode)."""
+  if run is not None:
+    mode = next(iter(run.eval_modes()))
+    preferred = f"{mode}/{run.model.reported_segmentation}/{metric}"
+    if preferred in per_image:
+      return preferred
   keys = sorted(k for k in per_image
-                if k.startswith("fixed/") and k.endswith(f"/{metric}"))
+                if k.count("/") == 2 and k.endswith(f"/{metric}"))
+  fixed = [k for k in keys if k.startswith("fixed/")]
   if not keys:
-    raise KeyError(f"No fixed-K {metric} scores among {sorted(per_image)}.")
-  return keys[0]
+    raise KeyError(f"No per-image {metric} scores among {sorted(per_image)}.")
+  return (fixed or keys)[0]
 
 
 def select(scores, n: int = 3) -> dict[str, np.ndarray]:
@@ -99,20 +99,6 @@ def stack_groups(tiles: dict[str, np.ndarray],
   return np.concatenate(parts, axis=0)
 
 
-@functools.lru_cache(maxsize=4)
-def _make_apply(model, seed: int):
-  """The evaluation's fixed-K forward pass (same rng as `runner`); cached,
-  so evaluations during training compile it once."""
-
-  @jax.jit
-  def apply(params, batch):
-    key = step_lib.purpose_key(seed, "eval")
-    return model.apply({"params": params}, batch, train=False,
-                       rngs=step_lib.stream_rngs(key))
-
-  return apply
-
-
 def fetch_rows(config, positions, *, split: str, batch_size: int,
                apply=None, params=None) -> dict[str, np.ndarray]:
   """The examples at stream ``positions`` (and the model's outputs on them).
@@ -136,7 +122,7 @@ def fetch_rows(config, positions, *, split: str, batch_size: int,
     batch = next(data_pipelines.iterate(ds))
     out = {}
     if apply is not None:
-      res = jax.device_get(apply(params, loop.model_inputs(batch)))
+      res = jax.device_get(apply(params, run_lib.model_inputs(batch)))
       out = {"recon": res.recon, "masks": res.masks,
              "components": res.components,
              **{f"seg/{k}": v for k, v in res.segmentations.items()}}
@@ -150,7 +136,7 @@ def fetch_rows(config, positions, *, split: str, batch_size: int,
   return {k: np.stack([rows[int(p)][k] for p in positions]) for k in keys}
 
 
-def write_grid(config, workdir: str, step: int, params, model,
+def write_grid(run: run_lib.Run, workdir: str, step: int, variables,
                per_image: dict[str, np.ndarray], *, n: int = 3,
                metric: str = "ari_fg") -> str | None:
   """Writes the best/median/worst grid and its JSON; returns the PNG path.
@@ -161,7 +147,7 @@ def write_grid(config, workdir: str, step: int, params, model,
   if not per_image or "position" not in per_image:
     return None
   try:
-    key = score_key(per_image, metric)
+    key = score_key(per_image, run, metric)
   except KeyError:
     return None
   scores = np.asarray(per_image[key], np.float64)
@@ -169,26 +155,27 @@ def write_grid(config, workdir: str, step: int, params, model,
   picks = select(scores, n)
   if not any(len(v) for v in picks.values()):
     return None
+  config, model = run.config, run.model
   ec = config.eval
-  apply = _make_apply(model, config.seed)
+  mode, seg_name = key.split("/")[:2]
+  apply = run.apply_fn("eval", mode)
   tiles, captions, record = {}, {}, {"metric": key, "step": int(step),
                                      "split": ec.split, "groups": {}}
-  mode, seg_name = key.split("/")[:2]
-  del mode
   for group in GROUPS:
     idx = picks[group]
     ex = fetch_rows(config, positions[idx], split=ec.split,
-                    batch_size=ec.batch_size, apply=apply, params=params)
+                    batch_size=ec.batch_size, apply=apply, params=variables)
     if "image" not in ex or np.ndim(ex["image"]) != 4:
       return None
     # The score of the refetched rows, as a check that they are the ones
     # that were ranked.
     check = seg_metrics.segmentation_metrics(
         ex[f"seg/{seg_name}"], ex["segmentation"])[metric]
-    segs = {k[4:]: v for k, v in ex.items() if k.startswith("seg/")}
     tiles[group] = grids.reconstruction_grid(
-        ex["image"], ex["recon"], attention=segs.get("attention"),
-        decoder=ex["masks"], components=ex["components"],
+        ex["image"], ex["recon"],
+        segmentations={name: ex[f"seg/{name}"]
+                       for name in model.segmentation_names},
+        masks=ex["masks"], components=ex["components"],
         segmentation=ex["segmentation"], max_rows=len(idx))
     values = ", ".join(f"{s:.3f}" for s in scores[idx])
     captions[group] = f"{group} {metric}: {values}"

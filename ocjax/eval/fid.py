@@ -1,4 +1,4 @@
-r"""FID of a run: prior samples against test images (GENESIS's protocol).
+r"""FID of a run: prior samples against test images (paper 001's protocol).
 
     python -m ocjax.eval.fid --workdir=DIR --inception_weights=FILE \
         [--num=10000] [--batch_size=50] [--step=S]
@@ -9,8 +9,8 @@ r"""FID of a run: prior samples against test images (GENESIS's protocol).
 the test split go through the FID Inception-v3 (`ocjax.nn.inception`, weights
 from the file the user names: `ocjax.convert.inception`); the Fréchet
 distance of the Gaussian fits of their 2048-d pool features is the FID
-(`ocjax.metrics.fid`). As GENESIS saves samples and images as PNG files
-before scoring them, both are quantised to 8 bits first.
+(`ocjax.metrics.fid`). As the papers' code saves samples and images as PNG
+files before scoring them, both are quantised to 8 bits first.
 
 Sampling and feature extraction are batched and jit-compiled (one
 compilation each); features are reduced to running statistics on the fly.
@@ -33,15 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import data_pipelines
+from ocjax import run as run_lib
 from ocjax.convert import inception as convert
 from ocjax.metrics import fid as fid_lib
+from ocjax.models import base
 from ocjax.nn import inception
-from ocjax.train import loop
-from ocjax.train import mesh as mesh_lib
-from ocjax.train import step as step_lib
 from ocjax.train import writers
 
-DEFAULT_NUM = 10_000  # GENESIS: 10 000 samples vs 10 000 test images.
+DEFAULT_NUM = 10_000  # Paper 001: 10 000 samples vs 10 000 test images.
 DEFAULT_BATCH = 50
 
 
@@ -162,31 +161,23 @@ def dataset_batches(config, split: str, batch_size: int
     yield images if valid.all() else images[valid]
 
 
-def make_sample_fn(model, seed: int, batch_size: int):
-  """Jitted ``(params, index) -> [batch_size, H, W, C]`` prior samples.
+def make_sample_fn(run: run_lib.Run, seed: int | None, batch_size: int):
+  """Jitted ``(variables, index) -> [batch_size, H, W, C]`` prior samples.
 
   Batch ``index`` folds ``index`` into the run's sampling key, so the ``N``
   samples are a deterministic function of the seed.
   """
-  if not hasattr(model, "sample"):
-    raise FIDError(f"Model {type(model).__name__} has no prior to sample; "
-                   "FID of samples needs one.")
-
-  @jax.jit
-  def sample(params, index):
-    key = jax.random.fold_in(step_lib.purpose_key(seed, "sample"), index)
-    out = model.apply({"params": params}, batch_size,
-                      method=type(model).sample,
-                      rngs=step_lib.stream_rngs(key))
-    return out["image"]
-
-  return sample
+  if not base.can_sample(run.model):
+    raise FIDError(f"Model {run.config.model.name!r} has no prior to "
+                   "sample; FID of samples needs one.")
+  sample = run.sample_fn(batch_size, seed)
+  return lambda variables, index: sample(variables, index).image
 
 
-def sample_batches(sample_fn, params) -> Iterator[np.ndarray]:
+def sample_batches(sample_fn, variables) -> Iterator[np.ndarray]:
   index = 0
   while True:
-    yield sample_fn(params, jnp.int32(index))
+    yield sample_fn(variables, jnp.int32(index))
     index += 1
 
 
@@ -224,19 +215,19 @@ def reference_statistics(
   return stats.mu, stats.sigma, stats.count, path
 
 
-def fid_of_params(config, params, model, extractor: Extractor, *,
+def fid_of_variables(run: run_lib.Run, variables, extractor: Extractor, *,
                   num: int = DEFAULT_NUM, batch_size: int = DEFAULT_BATCH,
                   seed: int | None = None, cache_dir: str | None = None,
                   split: str = "test") -> dict[str, Any]:
   """FID of ``num`` prior samples against ``num`` ``split`` images."""
+  config = run.config
   if num < 2:
     raise FIDError(f"num={num}: FID needs at least 2 images per set.")
   t0 = time.monotonic()
   mu_t, sigma_t, count_t, cache = reference_statistics(
       config, extractor, num, batch_size, cache_dir, split)
-  sample_fn = make_sample_fn(model, config.seed if seed is None else seed,
-                             batch_size)
-  samples = statistics(sample_batches(sample_fn, params), extractor, num,
+  sample_fn = make_sample_fn(run, seed, batch_size)
+  samples = statistics(sample_batches(sample_fn, variables), extractor, num,
                        progress="prior samples")
   value = fid_lib.frechet_distance(samples.mu, samples.sigma, mu_t, sigma_t)
   if count_t < num:
@@ -254,15 +245,15 @@ def fid_of_params(config, params, model, extractor: Extractor, *,
   }
 
 
-def compute_fid(config, workdir: str, inception_weights: str | None, *,
+def compute_fid(workdir: str, inception_weights: str | None, *,
                 num: int | None = None, batch_size: int | None = None,
                 step: int | None = None, seed: int | None = None,
-                extractor: Extractor | None = None) -> dict[str, Any]:
+                extractor: Extractor | None = None,
+                config=None) -> dict[str, Any]:
   """FID of a checkpoint of ``workdir``; writes ``eval/fid_<step>.json``.
 
   Args:
-    config: the run's config.
-    workdir: the run directory.
+    workdir: the run directory (its ``config.json`` is used).
     inception_weights: the FID Inception weights file (see
       `ocjax.convert.inception`); ignored if ``extractor`` is given.
     num: samples and test images (default 10 000).
@@ -270,21 +261,17 @@ def compute_fid(config, workdir: str, inception_weights: str | None, *,
     step: checkpoint step (default: the latest).
     seed: sampling seed (default: the run's).
     extractor: a ready `Extractor` (tests).
+    config: optional config; may only change evaluation settings.
   """
   extractor = extractor or load_extractor(inception_weights)
   data_pipelines.configure_tensorflow()
-  model, objective, tx = loop.build(config)
-  checkpointer = loop.make_checkpointer(config, workdir, read_only=True)
-  state, _ = loop.init_or_restore(
-      config, model, objective, tx, checkpointer, mesh_lib.make_mesh(),
-      loop.example_batch(config), step=-1 if step is None else step,
-      require=True)
+  run, state = run_lib.restore(workdir, step, config=config)
   step = int(state.step)
   eval_dir = os.path.join(workdir, "eval")
-  result = fid_of_params(config, state.params, model, extractor,
-                         num=num or DEFAULT_NUM,
-                         batch_size=batch_size or DEFAULT_BATCH, seed=seed,
-                         cache_dir=eval_dir)
+  result = fid_of_variables(run, state.variables(), extractor,
+                            num=num or DEFAULT_NUM,
+                            batch_size=batch_size or DEFAULT_BATCH,
+                            seed=seed, cache_dir=eval_dir)
   result["step"] = step
   path = os.path.join(eval_dir, f"fid_{step}.json")
   if jax.process_index() == 0:
@@ -326,11 +313,9 @@ def _main() -> None:
       raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
-    from ocjax.eval import runner  # pylint: disable=g-import-not-at-top
     try:
       extractor = load_extractor(weights.value)  # Fails first, and fast.
-      config = runner.config_from_workdir(workdir.value)
-      compute_fid(config, workdir.value, weights.value, num=num.value,
+      compute_fid(workdir.value, weights.value, num=num.value,
                   batch_size=batch.value, step=step.value, seed=seed.value,
                   extractor=extractor)
     except (FIDError, convert.WeightsError, FileNotFoundError) as e:

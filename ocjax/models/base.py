@@ -1,11 +1,37 @@
-"""What every ocjax model returns, and what the trainer may rely on.
+"""The model protocol: what every ocjax model returns and declares.
 
-A model is a Linen module called as
-``model.apply(variables, batch, rngs=..., train=...)`` returning a
-`ModelOutput`. The trainer and the evaluation runner know nothing else about
-the model: the objective turns ``losses`` into a scalar, the evaluator scores
-every entry of ``segmentations``, the visualiser draws ``recon``, ``masks`` and
-``components``.
+A model is a Linen module, a subclass of `ObjectCentricModel`, called as
+
+    model.apply(variables, batch, rngs=..., train=..., **eval_mode_kwargs)
+
+and returning a `ModelOutput`. Generic code (``ocjax.run``, ``train/``,
+``eval/``, ``viz/``, ``segment``) knows nothing else about a model than this
+module says: the model *declares*, as class attributes,
+
+* ``rng_streams``: the named random streams its calls draw from (besides
+  ``params``). The key of stream ``i`` is ``fold_in(key, i)``: append new
+  streams at the end, so the draws of the existing ones do not change.
+* ``eval_modes``: evaluation modes, each a dict of keyword arguments for
+  ``__call__`` (e.g. GENESIS-V2's ``{"fixed": {}, "flexible": {"flexible":
+  True}}``). The first is the default.
+* ``segmentation_names``: the soft segmentations ``ModelOutput.segmentations``
+  holds, in the order figures show them; ``reported_segmentation`` names the
+  one that ``ModelOutput.masks`` is (ranked in the best/worst grids, written
+  by ``segment``).
+* ``mutable_collections``: variable collections a training call updates
+  (e.g. ``("batch_stats",)`` for BatchNorm). The train state keeps them,
+  checkpointed and sharded like the parameters; evaluation reads them.
+* ``input_key``: ``"image"`` (``[B, H, W, 3]``) or ``"video"``
+  (``[B, T, H, W, 3]``).
+
+and optionally implements ``sample(num, *, noise=None) -> SampleOutput``
+(scenes from its prior). ``dummy_batch`` gives inputs of the right shape
+(initialisation and shape-only restores need no dataset).
+
+A model module (``ocjax/models/<name>.py``) exposes ``MODEL``, its class;
+``config.model.name`` is the module's name and the other fields of
+``config.model`` are the class's attributes (`from_config`), so a new model
+needs no registration anywhere else.
 
 Axis legend used across ocjax (shapes in comments): B batch, T time,
 K slots, H height, W width, C channels, D embedding, L latent.
@@ -13,10 +39,13 @@ K slots, H height, W width, C channels, D embedding, L latent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
+import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -28,12 +57,12 @@ class ModelOutput:
   Attributes:
     recon: reconstruction, ``[B, (T,) H, W, C]``.
     masks: the segmentation the model reports (normalised over slots),
-      ``[B, (T,) K, H, W, 1]``.
+      ``[B, (T,) K, H, W, 1]``; ``segmentations[reported_segmentation]``.
     components: per-slot appearance, ``[B, (T,) K, H, W, C]``.
     losses: per-example loss terms, each ``[B]`` (e.g. ``nll``, ``kl``).
     latents: per-slot latents, ``[B, (T,) K, L]``.
     segmentations: every soft segmentation the model exposes for evaluation,
-      by name (e.g. ``attention``, ``decoder``), each ``[B, (T,) K, H, W, 1]``.
+      by name (``segmentation_names``), each ``[B, (T,) K, H, W, 1]``.
     aux: model-specific intermediate values (small; for tests and figures).
   """
   recon: Array
@@ -43,3 +72,64 @@ class ModelOutput:
   latents: Array
   segmentations: dict[str, Array]
   aux: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """Scenes drawn from a model's prior.
+
+  Attributes:
+    image: ``[N, (T,) H, W, C]``.
+    masks: ``[N, (T,) K, H, W, 1]``, normalised over slots.
+    components: ``[N, (T,) K, H, W, C]``.
+    latents: ``[N, (T,) K, L]``.
+    aux: model-specific values (prior statistics, log masks, ...).
+  """
+  image: Array
+  masks: Array
+  components: Array
+  latents: Array
+  aux: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+
+class ObjectCentricModel(nn.Module):
+  """Base class of ocjax models: the declarations of the module doc."""
+
+  rng_streams: ClassVar[tuple[str, ...]] = ()
+  eval_modes: ClassVar[Mapping[str, Mapping[str, Any]]] = {"fixed": {}}
+  segmentation_names: ClassVar[tuple[str, ...]] = ("masks",)
+  reported_segmentation: ClassVar[str] = "masks"
+  mutable_collections: ClassVar[tuple[str, ...]] = ()
+  input_key: ClassVar[str] = "image"
+
+  def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """Zeros shaped like the model's inputs (``image_size`` square RGB)."""
+    size = int(getattr(self, "image_size"))
+    return {"image": np.zeros((batch_size, size, size, 3), np.float32)}
+
+
+def can_sample(model: Any) -> bool:
+  """Whether the model implements ``sample`` (a prior to draw scenes from)."""
+  return callable(getattr(type(model), "sample", None))
+
+
+def from_config(cls: type, config: Any) -> nn.Module:
+  """``cls(**fields)`` from a ``model`` config section (all but ``name``).
+
+  A field the class does not have is an error naming it; ``dtype`` strings
+  become dtypes; lists become tuples.
+  """
+  items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  fields = {k: v for k, v in items.items() if k != "name"}
+  known = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(
+        f"config.model has field(s) {unknown} that model {cls.__name__} does "
+        f"not have; its fields are {sorted(known)}.")
+  for k, v in fields.items():
+    if k == "dtype" or k.endswith("_dtype"):
+      fields[k] = jnp.dtype(v)
+    elif isinstance(v, list):
+      fields[k] = tuple(v)
+  return cls(**fields)

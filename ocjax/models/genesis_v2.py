@@ -54,8 +54,12 @@ def _dense(features: int, fan_in: int, dtype, name: str) -> nn.Dense:
                   bias_init=init.torch_default(fan_in), name=name)
 
 
-class GenesisV2(nn.Module):
+class GenesisV2(base.ObjectCentricModel):
   """GENESIS-V2; ``__call__(batch) -> ModelOutput`` (see `ocjax.models.base`).
+
+  Segmentations: ``attention`` (the IC-SBP masks m) and ``decoder`` (the
+  decoded mixing weights pi, the reported one). Evaluation modes: ``fixed``
+  K and ``flexible`` K (Sec. 4.1).
 
   Attributes:
     num_slots: K, the number of slots (masks) in training.
@@ -100,6 +104,11 @@ class GenesisV2(nn.Module):
   subpixel_deconv: bool = True
   remat: bool = False
   dtype: Any = jnp.float32
+
+  rng_streams = ("icsbp", "sample")
+  eval_modes = {"fixed": {}, "flexible": {"flexible": True}}
+  segmentation_names = ("attention", "decoder")
+  reported_segmentation = "decoder"
 
   def setup(self):
     if self.num_slots < 2:
@@ -284,12 +293,12 @@ class GenesisV2(nn.Module):
         segmentations=dict(attention=m, decoder=pi), aux=aux)
 
   def sample(self, num: int, *,
-             noise: dict[str, Array] | None = None) -> dict[str, Array]:
+             noise: dict[str, Array] | None = None) -> base.SampleOutput:
     """Draws ``num`` scenes from the prior (rng stream ``sample``).
 
-    ``noise["prior_eps"]`` ``[num, K, L]`` replaces the normal draws.
-    Returns ``image`` ``[N, H, W, C]``, ``components``, ``masks`` (pi),
-    ``log_pi`` and the latents ``z``.
+    ``noise["prior_eps"]`` ``[num, K, L]`` replaces the normal draws. The
+    aux holds ``log_pi`` and, with the autoregressive prior, its statistics
+    ``prior_mu``, ``prior_sigma`` and LSTM outputs ``prior_h``.
     """
     k, f = self.num_slots, self.feat_dim
     eps = (noise or {}).get("prior_eps")
@@ -303,21 +312,9 @@ class GenesisV2(nn.Module):
     else:
       z, extra = eps, {}
     mu_x, log_pi, recon = self.decode(z)
-    return dict(image=recon, components=mu_x, masks=jnp.exp(log_pi),
-                log_pi=log_pi, z=z, **extra)
+    return base.SampleOutput(image=recon, masks=jnp.exp(log_pi),
+                             components=mu_x, latents=z,
+                             aux=dict(log_pi=log_pi, **extra))
 
 
-def from_config(config: Any) -> GenesisV2:
-  """Builds the model from the ``model`` section of an experiment config."""
-  return GenesisV2(
-      num_slots=config.num_slots, image_size=config.image_size,
-      feat_dim=config.feat_dim, embed_dim=config.embed_dim,
-      kernel=config.kernel, semiconv=config.semiconv,
-      autoregressive_prior=config.autoregressive_prior,
-      pixel_bound=config.pixel_bound, pixel_std=config.pixel_std,
-      mask_consistency=config.mask_consistency,
-      decoder_channels=config.decoder_channels,
-      min_mask_pixels=config.min_mask_pixels,
-      flexible_decode_all=config.flexible_decode_all,
-      subpixel_deconv=config.subpixel_deconv, remat=config.remat,
-      dtype=jnp.dtype(config.dtype))
+MODEL = GenesisV2

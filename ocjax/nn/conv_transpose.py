@@ -176,6 +176,11 @@ class ConvTranspose2x(nn.Module):
   `subpixel_kernel` and ``bias [C_out]``. ``subpixel=False`` computes the
   plain zero-dilated form (identical numbers, slower on CPU).
   ``matmul_grad`` computes the kernel gradient as one matmul (None: on CPU).
+  TensorFlow's ``conv2d_transpose(padding='SAME')`` with k = 5, stride 2
+  (pads 3 before and 2 after the dilated input) is ``padding=1,
+  output_padding=-1`` in this scatter form, with Keras's ``[k, k, out,
+  in]`` kernel transposed to ``[k, k, in, out]``.
+  ``kernel_init`` / ``bias_init`` default to PyTorch's initialisation.
   """
   features: int
   kernel_size: int = 5
@@ -183,6 +188,8 @@ class ConvTranspose2x(nn.Module):
   output_padding: int = 1
   subpixel: bool = True
   matmul_grad: bool | None = None
+  kernel_init: Any = None
+  bias_init: Any = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -190,8 +197,9 @@ class ConvTranspose2x(nn.Module):
     k = self.kernel_size
     # torch's ConvTranspose2d computes fan_in from C_out (see ocjax.nn.init).
     default = init.torch_default(self.features * k * k)
-    kernel = self.param("kernel", default, (k, k, x.shape[-1], self.features))
-    bias = self.param("bias", default, (self.features,))
+    kernel = self.param("kernel", self.kernel_init or default,
+                        (k, k, x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init or default, (self.features,))
     x = x.astype(self.dtype)
     if self.subpixel:
       matmul_grad = self.matmul_grad

@@ -14,8 +14,8 @@ def monte_carlo_kl(z: Array, q_mu: Array, q_sigma: Array, p_mu: Array,
                    p_sigma: Array) -> dict[str, Array]:
   """Single-sample estimate ``log q(z) - log p(z)``, summed over the last axis.
 
-  This is the KL estimator of GENESIS / GENESIS-V2 (an estimate, so it can be
-  negative for one sample). Returns ``kl``, ``log_q`` and ``log_p``, each of
+  The KL estimator of papers 001/002 (an estimate, so it can be negative
+  for one sample). Returns ``kl``, ``log_q`` and ``log_p``, each of
   the input's shape without the last axis.
   """
   log_q = jnp.sum(likelihood.gaussian_log_prob(z, q_mu, q_sigma), axis=-1)

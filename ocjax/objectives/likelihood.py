@@ -28,7 +28,7 @@ def sgmm_nll(x: Array, log_pi: Array, mu: Array, sigma_x: float) -> Array:
     x: image ``[B, H, W, C]``.
     log_pi: log mixing weights (decoder masks) ``[B, K, H, W, 1]``.
     mu: component means ``[B, K, H, W, C]``.
-    sigma_x: the shared standard deviation (0.7 in GENESIS-V2).
+    sigma_x: the shared standard deviation (0.7 in paper 001).
 
   Returns:
     ``[B]``.

@@ -94,14 +94,36 @@ class Checkpointer:
     meta = mngr.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      try:
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except (ValueError, KeyError, TypeError):
+        restored = self._restore_without_model_state(mngr, step,
+                                                     abstract_state)
+        if restored is None:
+          raise
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointError(
           f"The checkpoint of step {step} in {self.directory} (model "
           f"{meta.get('model')!r}) does not fit the model being restored: "
           f"{_first_line(e)}") from e
     return restored["state"], meta
+
+
+  @staticmethod
+  def _restore_without_model_state(mngr, step: int, abstract_state: Any):
+    """Checkpoints written before the train state had ``model_state`` (the
+    model's mutable collections) restore into a state whose ``model_state``
+    is empty; None where that does not apply."""
+    model_state = getattr(abstract_state, "model_state", None)
+    if model_state is None or jax.tree.leaves(model_state):
+      return None
+    fields = {k: getattr(abstract_state, k)
+              for k in ("step", "params", "opt_state", "objective_state")}
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fields)))
+    return {"state": abstract_state.replace(**restored["state"],
+                                            model_state={})}
 
 
 def _first_line(e: Exception) -> str:

@@ -13,180 +13,85 @@ over a good one.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import data_pipelines
-from ocjax import models
-from ocjax import objectives
-from ocjax.train import checkpoint as ckpt_lib
+from ocjax import run as run_lib
+from ocjax.models import base
 from ocjax.train import mesh as mesh_lib
 from ocjax.train import step as step_lib
 from ocjax.train import writers
 from ocjax.viz import grids
-
-# Batch entries that are ground truth or bookkeeping, never model inputs.
-NON_INPUT_KEYS = ("segmentation", "valid")
 
 
 class NonFiniteError(RuntimeError):
   """The loss or a gradient became NaN or Inf."""
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in batch.items() if k not in NON_INPUT_KEYS}
-
-
-# ----------------------------------------------------------------- workdir
-def check_workdir_config(config, workdir: str) -> None:
-  """Writes ``config.json``; refuses to resume a run of another setup.
-
-  Fields of ``model``, ``data`` and ``objective`` must match the run already
-  in ``workdir`` (training length, logging and evaluation may change).
-  """
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    diffs = []
-    for section in ("model", "data", "objective", "seed"):
-      a, b = saved.get(section), current.get(section)
-      if a != b:
-        if isinstance(a, dict) and isinstance(b, dict):
-          diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
-                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        else:
-          diffs.append(f"{section}: {a!r} -> {b!r}")
-    if diffs:
-      raise ValueError(
-          f"{workdir} holds a run with a different configuration "
-          f"({'; '.join(diffs)}). Use a new --workdir, or restore the "
-          "original settings to resume it.")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------- state
-def build(config):
-  """Model, objective and optimizer of an experiment config."""
-  model = models.build(config.model)
-  objective = objectives.build(config)
-  tx = step_lib.make_optimizer(config.optimizer)
-  return model, objective, tx
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """Work the loop does every ``every`` steps: ``fn(run, state, step,
+  info)``, ``info`` holding ``train_seconds`` (training time so far, pauses
+  and earlier processes included) and ``last`` (the run's final step, where
+  hooks with ``at_end`` also run). Evaluation reaches training this way, so
+  this module never imports `ocjax.eval`."""
+  every: int
+  fn: Callable[[run_lib.Run, Any, int, dict], Any]
+  at_end: bool = False
 
 
 def example_batch(config, split: str = "test", size: int = 1):
-  """A real batch (for shapes, initialisation and figures)."""
+  """A real batch (for figures)."""
   ds = data_pipelines.get_dataset(config.data, split, batch_size=size,
                                   seed=config.seed, process_index=0,
                                   process_count=1, repeat=False)
   return next(data_pipelines.iterate(ds))
 
 
-def init_or_restore(config, model, objective, tx, checkpointer, mesh,
-                    example, *, step: int | None = None, require=False):
-  """The train state, restored from the newest checkpoint if there is one.
-
-  Returns ``(state, meta)``; ``meta`` is None for a fresh state.
-  """
-  replicated = mesh_lib.replicated(mesh)
-
-  def init_fn():
-    params = step_lib.init_params(model, model_inputs(example), config.seed)
-    return step_lib.create_state(params, tx, objective)
-
-  abstract = jax.eval_shape(init_fn)
-  abstract = ckpt_lib.abstract_like(abstract, replicated)
-  if checkpointer.latest_step() is not None or require:
-    state, meta = checkpointer.restore(abstract, step)
-    if meta.get("model") not in (None, config.model.name):
-      raise ckpt_lib.CheckpointError(
-          f"The checkpoint in {checkpointer.directory} is of model "
-          f"{meta.get('model')!r}, not {config.model.name!r}.")
-    return state, meta
-  state = jax.jit(init_fn, out_shardings=replicated)()
-  return state, None
-
-
-def make_checkpointer(config, workdir: str, read_only: bool = False):
-  return ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
-      keep_every=config.train.keep_every,
-      max_to_keep=config.train.max_to_keep, read_only=read_only)
-
-
 # ------------------------------------------------------------------ figures
-def make_predict(model, seed: int):
-  """Jitted model application for figures and evaluation (fixed rng)."""
-
-  @jax.jit
-  def predict(params, batch):
-    key = step_lib.purpose_key(seed, "figures")
-    return model.apply({"params": params}, batch,
-                       rngs=step_lib.stream_rngs(key), train=False)
-
-  return predict
-
-
-def make_sampler(model, num: int, seed: int):
-  """Jitted prior sampling, or None for models without a prior."""
-  if not hasattr(model, "sample"):
-    return None
-
-  @jax.jit
-  def sample(params):
-    key = step_lib.purpose_key(seed, "sample")
-    return model.apply({"params": params}, num, method=type(model).sample,
-                       rngs=step_lib.stream_rngs(key))
-
-  return sample
-
-
 def _flatten_time(x):
   """Videos ``[B, T, ...]`` are shown frame by frame."""
   x = np.asarray(x)
   return x.reshape((-1,) + x.shape[2:])
 
 
-def write_figures(workdir, writer, step, params, batch, predict, sampler,
+def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
                   mesh):
   """PNG grids in ``<workdir>/images`` and TensorBoard images.
 
   Every process computes (jitted calls are collective); process 0 writes.
   ``batch`` is the same host batch on every process.
   """
-  inputs = mesh_lib.to_global(model_inputs(batch), mesh_lib.replicated(mesh))
-  out = jax.device_get(predict(params, inputs))
-  samples = jax.device_get(sampler(params)) if sampler is not None else None
+  model = run.model
+  inputs = mesh_lib.to_global(run_lib.model_inputs(batch),
+                              mesh_lib.replicated(mesh))
+  variables = state.variables()
+  out = jax.device_get(run.apply_fn("figures")(variables, inputs))
+  samples = None
+  if base.can_sample(model):
+    samples = jax.device_get(run.sample_fn(int(run.config.sample.num))(
+        variables))
   if jax.process_index() != 0:
     return
-  key = "image" if "image" in batch else "video"
-  images = np.asarray(batch[key])
+  key = model.input_key
   flat = (lambda a: np.asarray(a)) if key == "image" else _flatten_time
-  segs = out.segmentations
   grid = grids.reconstruction_grid(
-      flat(images), flat(out.recon), attention=(
-          flat(segs["attention"]) if "attention" in segs else None),
-      decoder=flat(out.masks), components=flat(out.components),
+      flat(batch[key]), flat(out.recon),
+      segmentations={name: flat(out.segmentations[name])
+                     for name in model.segmentation_names},
+      masks=flat(out.masks), components=flat(out.components),
       segmentation=(flat(batch["segmentation"])
                     if "segmentation" in batch else None))
   figs = {"reconstruction": grid}
   if samples is not None:
-    s = samples
     figs["samples"] = grids.sample_grid(
-        np.asarray(s["image"]), np.asarray(s["masks"]),
-        np.asarray(s["components"]))
+        flat(samples.image), flat(samples.masks), flat(samples.components))
   for name, img in figs.items():
     grids.save_png(os.path.join(workdir, "images",
                                 f"{name}_{step:08d}.png"), img)
@@ -196,13 +101,17 @@ def write_figures(workdir, writer, step, params, batch, predict, sampler,
 
 
 # -------------------------------------------------------------------- train
-def train(config, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in ``workdir``; returns the last metrics."""
+def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+  """Trains (or resumes) the run in ``workdir``; returns the last metrics.
+
+  ``hooks`` run on their schedule after a step's checkpoint (e.g. the
+  periodic evaluation of `ocjax.eval.runner.periodic_hook`).
+  """
   # --- setup
   if config.mesh.distributed:
     mesh_lib.initialize_distributed(config.mesh)
   os.makedirs(workdir, exist_ok=True)
-  check_workdir_config(config, workdir)
+  run_lib.check_workdir_config(config, workdir)
   data_pipelines.configure_tensorflow()
   tc = config.train
   if tc.batch_size % (jax.process_count() * tc.grad_accum_steps):
@@ -219,13 +128,14 @@ def train(config, workdir: str) -> dict[str, Any]:
   batch_sharding = mesh_lib.batch_sharding(mesh)
 
   # --- model, objective, optimizer, state
-  model, objective, tx = build(config)
-  example = example_batch(config)
-  checkpointer = make_checkpointer(config, workdir)
-  state, meta = init_or_restore(config, model, objective, tx, checkpointer,
-                                mesh, example)
+  run = run_lib.build(config)
+  checkpointer = run.checkpointer(workdir)
+  state, meta = run.restore(checkpointer, mesh=mesh, require=False)
   start = int(state.step)
   data_position = meta["data_position"] if meta else 0
+  # Seconds of training before this process started (time_budget_s counts
+  # them, so a resumed run keeps its budget).
+  seconds_before = float(meta.get("train_seconds", 0.0)) if meta else 0.0
   if meta:
     writers.log("Resuming from the checkpoint of step %d in %s.", start,
                 checkpointer.directory)
@@ -243,17 +153,16 @@ def train(config, workdir: str) -> dict[str, Any]:
 
   # --- compiled step
   train_step = step_lib.make_train_step(
-      model, objective, tx, seed=config.seed,
+      run.model, run.objective, run.tx, seed=config.seed,
       grad_accum_steps=tc.grad_accum_steps,
       state_sharding=mesh_lib.replicated(mesh),
       batch_sharding=batch_sharding)
-  predict = make_predict(model, config.seed)
-  sampler = make_sampler(model, config.sample.num, config.seed)
   vis_batch = example_batch(config, "test", size=8)
   writer = writers.Writer(workdir, enabled=jax.process_index() == 0)
 
   # --- loop
   progress = writers.Progress(start, tc.num_steps)
+  budget = float(tc.get("time_budget_s", 0) or 0)
   finite = jnp.bool_(True)
   last_good = start if meta else None
   last_checked = start
@@ -262,13 +171,24 @@ def train(config, workdir: str) -> dict[str, Any]:
   try:
     while step < tc.num_steps:
       batch = next(batches)
-      device_batch = mesh_lib.to_global(model_inputs(batch), batch_sharding)
-      state, metrics = train_step(state, device_batch)
+      device_batch = mesh_lib.to_global(run_lib.model_inputs(batch),
+                                        batch_sharding)
+      if step == start:  # Compilation is not training time.
+        with progress.paused():
+          state, metrics = train_step(state, device_batch)
+          jax.block_until_ready(metrics)
+      else:
+        state, metrics = train_step(state, device_batch)
       finite = finite & jnp.isfinite(metrics["loss"]) & jnp.isfinite(
           metrics["grad_norm"])
       step += 1
 
-      is_last = step == tc.num_steps
+      train_seconds = seconds_before + progress.elapsed()
+      out_of_time = budget > 0 and train_seconds >= budget
+      if out_of_time and jax.process_count() > 1:  # Every host stops together.
+        out_of_time = bool(np.max(
+            mesh_lib.process_allgather(np.int32(out_of_time))))
+      is_last = step == tc.num_steps or out_of_time
       log_now = step % tc.log_every == 0 or is_last or step == start + 1
       ckpt_now = step % tc.checkpoint_every == 0 or is_last or (
           tc.keep_every > 0 and step % tc.keep_every == 0)
@@ -289,21 +209,32 @@ def train(config, workdir: str) -> dict[str, Any]:
         rate = progress.rate(step)
         scalars = {k: float(v) for k, v in host_metrics.items()}
         scalars["steps_per_sec"] = rate
-        scalars["learning_rate"] = config.optimizer.learning_rate
+        scalars["learning_rate"] = run.learning_rate(step - 1)
         writer.scalars(step, scalars)
         writers.log(writers.progress_line(step, tc.num_steps, scalars, rate,
                                           progress.eta_seconds(step)))
-      if step % tc.image_every == 0 or is_last:
-        write_figures(workdir, writer, step, state.params, vis_batch, predict,
-                      sampler, mesh)
-      if ckpt_now:
-        checkpointer.save(step, state, {
-            "step": step, "data_position": data_position + (step - start),
-            "model": config.model.name})
-        last_good = step
-      if tc.eval_every and step % tc.eval_every == 0 and not is_last:
-        from ocjax.eval import runner  # pylint: disable=g-import-not-at-top
-        runner.evaluate_state(config, workdir, state, step)
+      figures_now = step % tc.image_every == 0 or is_last
+      hooks_now = [h for h in hooks
+                   if (h.every and step % h.every == 0 and not is_last)
+                   or (is_last and h.at_end)]
+      if figures_now or ckpt_now or hooks_now:
+        jax.block_until_ready(metrics)  # The step's time is training time.
+      with progress.paused():
+        if figures_now:
+          write_figures(run, workdir, writer, step, state, vis_batch, mesh)
+        if ckpt_now:
+          checkpointer.save(step, state, {
+              "step": step, "data_position": data_position + (step - start),
+              "model": config.model.name, "train_seconds": train_seconds})
+          last_good = step
+        for hook in hooks_now:
+          hook.fn(run, state, step, {"train_seconds": train_seconds,
+                                     "last": is_last})
+      if out_of_time:
+        writers.log("Stopped after step %d: train.time_budget_s=%g s is "
+                    "spent (the same command continues the run).", step,
+                    budget)
+        break
   finally:
     checkpointer.close()
     writer.close()

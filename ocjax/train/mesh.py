@@ -65,3 +65,9 @@ def to_global(local_batch: Any, sharding: NamedSharding):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def process_allgather(x):
+  """``x`` of every process, stacked (a host-level collective)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x))

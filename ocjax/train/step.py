@@ -1,20 +1,21 @@
 """The train state and the one jit-compiled training step.
 
-The step knows the model only through ``model.apply(variables, batch,
-rngs=..., train=True) -> ModelOutput`` and the objective only through
+The step knows the model only through the protocol of `ocjax.models.base`
+(``model.apply(variables, batch, rngs=..., train=True) -> ModelOutput``, its
+declared rng streams and mutable collections) and the objective only through
 ``objective(outputs, state) -> (loss, new_state, metrics)`` (plus
-``objective.update(state, metrics)`` when gradients are accumulated), so it
-carries every ocjax model, image or video.
+``objective.update(state, metrics, outputs)`` when gradients are
+accumulated), so it carries every ocjax model, image or video.
 
 Randomness is stateless: the key of step ``s`` is ``fold_in(train_key, s)``,
-and each rng stream folds in its own index. Draws are made for the global
-batch, so the same step gives the same numbers on 1 device or 8.
+and each rng stream the model declares folds in its index. Draws are made for
+the global batch, so the same step gives the same numbers on 1 device or 8.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -22,9 +23,8 @@ import jax.numpy as jnp
 import optax
 
 Array = jax.Array
-RNG_STREAMS = ("icsbp", "sample", "dropout")
 # Independent key trees per use of the seed.
-_PURPOSES = ("train", "init", "figures", "eval", "sample")
+PURPOSES = ("train", "init", "figures", "eval", "sample")
 # Gradient accumulation unrolls up to this many micro-batches (compile time
 # grows with it).
 MAX_UNROLLED_MICROBATCHES = 32
@@ -32,55 +32,45 @@ MAX_UNROLLED_MICROBATCHES = 32
 
 def purpose_key(seed: int, purpose: str) -> Array:
   """The root key of one use of the seed (train steps, init, eval, ...)."""
-  return jax.random.fold_in(jax.random.key(seed), _PURPOSES.index(purpose))
+  return jax.random.fold_in(jax.random.key(seed), PURPOSES.index(purpose))
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a run needs to continue exactly; checkpointed whole."""
+  """Everything a run needs to continue exactly; checkpointed whole.
+
+  ``model_state`` holds the model's mutable collections (e.g.
+  ``{"batch_stats": ...}``; empty for most models).
+  """
   step: Array  # [] int32, optimizer steps taken
   params: Any
   opt_state: Any
   objective_state: Any
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self) -> dict[str, Any]:
+    """What ``model.apply`` takes: parameters and mutable collections."""
+    return {"params": self.params, **self.model_state}
 
 
-def stream_rngs(key: Array, streams=RNG_STREAMS) -> dict[str, Array]:
-  """One key per named rng stream."""
+def stream_rngs(key: Array, streams: Sequence[str]) -> dict[str, Array]:
+  """One key per named rng stream: stream ``i`` gets ``fold_in(key, i)``."""
   return {name: jax.random.fold_in(key, i) for i, name in enumerate(streams)}
 
 
-def init_params(model, batch: dict[str, Array], seed: int):
-  """Model parameters from a (small) example batch."""
-  rngs = stream_rngs(purpose_key(seed, "init"), ("params",) + RNG_STREAMS)
-  return model.init(rngs, batch, train=False)["params"]
+def init_variables(model, batch: dict[str, Array], seed: int):
+  """Parameters and mutable collections from a (small) example batch."""
+  rngs = stream_rngs(purpose_key(seed, "init"),
+                     ("params",) + tuple(model.rng_streams))
+  return dict(model.init(rngs, batch, train=False))
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """Adam as in the paper (App. E), optionally after gradient clipping.
-
-  ``name="sgd"`` (plain gradient descent) is there for tests and ablations:
-  its update is linear in the gradient, so two runs that should take the
-  same step can be compared to rounding error (Adam's normalised update
-  turns rounding noise in a near-zero gradient into a step of up to ``lr``).
-  """
-  chain = []
-  if config.grad_clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.name == "adam":
-    chain.append(optax.adam(config.learning_rate, b1=config.b1, b2=config.b2,
-                            eps=config.eps))
-  elif config.name == "sgd":
-    chain.append(optax.sgd(config.learning_rate))
-  else:
-    raise ValueError(f"Unknown optimizer {config.name!r} (config field "
-                     "optimizer.name); known: ['adam', 'sgd'].")
-  return optax.chain(*chain)
-
-
-def create_state(params, tx, objective) -> TrainState:
+def create_state(variables, tx, objective) -> TrainState:
+  variables = dict(variables)
+  params = variables.pop("params")
   return TrainState(step=jnp.int32(0), params=params,
                     opt_state=tx.init(params),
-                    objective_state=objective.init())
+                    objective_state=objective.init(), model_state=variables)
 
 
 def _global_norm(tree) -> Array:
@@ -100,12 +90,23 @@ def make_train_step(model, objective, tx, *, seed: int,
   averaged; the objective's state is updated once, from the averaged metrics.
   """
   seed_key = purpose_key(seed, "train")
+  streams = tuple(model.rng_streams)
+  mutable = tuple(model.mutable_collections)
 
-  def loss_fn(params, batch, objective_state, key):
-    outputs = model.apply({"params": params}, batch, rngs=stream_rngs(key),
-                          train=True)
+  def apply(params, model_state, batch, key):
+    """``(outputs, new model_state)`` of one training call."""
+    variables = {"params": params, **model_state}
+    rngs = stream_rngs(key, streams)
+    if mutable:
+      outputs, updated = model.apply(variables, batch, rngs=rngs, train=True,
+                                     mutable=list(mutable))
+      return outputs, dict(model_state, **updated)
+    return model.apply(variables, batch, rngs=rngs, train=True), model_state
+
+  def loss_fn(params, model_state, batch, objective_state, key):
+    outputs, model_state = apply(params, model_state, batch, key)
     loss, new_objective_state, metrics = objective(outputs, objective_state)
-    return loss, (new_objective_state, metrics)
+    return loss, (new_objective_state, model_state, metrics)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -119,28 +120,34 @@ def make_train_step(model, objective, tx, *, seed: int,
     micro = jax.tree.map(split, batch)
 
     def body(carry, inputs):
-      grads_sum, metrics_sum = carry
+      grads_sum, metrics_sum, model_state = carry
       i, mb = inputs
-      (_, (_, metrics)), grads = grad_fn(
-          state.params, mb, state.objective_state, jax.random.fold_in(key, i))
+      (_, (_, model_state, metrics)), grads = grad_fn(
+          state.params, model_state, mb, state.objective_state,
+          jax.random.fold_in(key, i))
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
-      return (grads_sum, metrics_sum), None
+      return (grads_sum, metrics_sum, model_state), None
 
+    first = jax.tree.map(lambda x: x[0], micro)
     zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-    _, (_, metrics0) = jax.eval_shape(
-        loss_fn, state.params, jax.tree.map(lambda x: x[0], micro),
+    _, (_, _, metrics0) = jax.eval_shape(
+        loss_fn, state.params, state.model_state, first,
         state.objective_state, key)
+    output_shapes = jax.eval_shape(
+        lambda p, m, b: apply(p, m, b, key)[0], state.params,
+        state.model_state, first)
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
     # Unrolled: XLA's CPU backend runs a rolled loop around the whole model
     # about 10x slower than the same steps unrolled (README, "Speed").
-    (grads, metrics), _ = jax.lax.scan(
-        body, (zeros_g, zeros_m), (jnp.arange(a), micro),
+    (grads, metrics, model_state), _ = jax.lax.scan(
+        body, (zeros_g, zeros_m, state.model_state), (jnp.arange(a), micro),
         unroll=min(a, MAX_UNROLLED_MICROBATCHES))
     grads = jax.tree.map(lambda g: g / a, grads)
     metrics = jax.tree.map(lambda m: m / a, metrics)
-    objective_state = objective.update(state.objective_state, metrics)
-    return grads, objective_state, metrics
+    objective_state = objective.update(state.objective_state, metrics,
+                                       output_shapes)
+    return grads, objective_state, model_state, metrics
 
   @functools.partial(jax.jit, donate_argnames=("state",),
                      out_shardings=(state_sharding, None)
@@ -150,17 +157,19 @@ def make_train_step(model, objective, tx, *, seed: int,
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     key = jax.random.fold_in(seed_key, state.step)
     if grad_accum_steps == 1:
-      (_, (objective_state, metrics)), grads = grad_fn(
-          state.params, batch, state.objective_state, key)
+      (_, (objective_state, model_state, metrics)), grads = grad_fn(
+          state.params, state.model_state, batch, state.objective_state, key)
     else:
-      grads, objective_state, metrics = accumulate(state, batch, key)
+      grads, objective_state, model_state, metrics = accumulate(
+          state, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=_global_norm(grads),
                    param_norm=_global_norm(params))
     new_state = TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state,
-                           objective_state=objective_state)
+                           objective_state=objective_state,
+                           model_state=model_state)
     return new_state, metrics
 
   return train_step

@@ -6,6 +6,7 @@ log step (machine-readable); TensorBoard events go to ``<workdir>/tb``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -63,28 +64,47 @@ class Writer:
 
 
 class Progress:
-  """Steps per second and ETA for the progress line."""
+  """Steps per second, ETA and training time for the progress line.
+
+  Time spent inside ``with progress.paused():`` (figures, checkpoints,
+  evaluation) counts for none of them: they measure the training steps.
+  """
 
   def __init__(self, start_step: int, total_steps: int):
     self.total = total_steps
-    self._t0 = time.monotonic()
     self._step0 = start_step
+    self._paused = 0.0  # seconds paused so far
+    self._t0 = self._clock()
     self._last_t = self._t0
     self._last_step = start_step
 
+  def _clock(self) -> float:
+    return time.monotonic() - self._paused
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.monotonic()
+    try:
+      yield
+    finally:
+      self._paused += time.monotonic() - t
+
   def rate(self, step: int) -> float:
     """Steps per second since the previous call."""
-    now = time.monotonic()
+    now = self._clock()
     rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
     self._last_t, self._last_step = now, step
     return rate
 
+  def elapsed(self) -> float:
+    """Seconds of training since the start (this process), pauses left out."""
+    return self._clock() - self._t0
+
   def eta_seconds(self, step: int) -> float:
-    elapsed = time.monotonic() - self._t0
     done = step - self._step0
     if done <= 0:
       return float("nan")
-    return elapsed / done * (self.total - step)
+    return self.elapsed() / done * (self.total - step)
 
 
 def format_duration(seconds: float) -> str:
@@ -96,14 +116,22 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+# Metrics the progress line leaves out (they are in TensorBoard).
+_NOT_IN_PROGRESS = ("grad_norm", "param_norm", "steps_per_sec",
+                    "learning_rate", "neg_elbo", "geco_err_ema")
+
+
 def progress_line(step: int, total: int, metrics: dict[str, Any],
                   steps_per_sec: float, eta: float) -> str:
-  keys = ("loss", "nll", "kl", "kl_mask", "beta")
+  """``step s/N | loss .. | <objective terms> | ... steps/s | ETA``."""
+  keys = ["loss"] + sorted(k for k in metrics
+                           if k != "loss" and k not in _NOT_IN_PROGRESS)
   parts = [f"step {step}/{total}"]
   for k in keys:
     if k in metrics:
       v = float(metrics[k])
-      parts.append(f"{k} {v:.3g}" if k == "beta" else f"{k} {v:.1f}")
+      parts.append(f"{k} {v:.3g}" if k == "beta" or abs(v) < 10
+                   else f"{k} {v:.1f}")
   parts.append(f"{steps_per_sec:.2f} steps/s")
   parts.append(f"ETA {format_duration(eta)}")
   return " | ".join(parts)

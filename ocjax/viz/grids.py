@@ -10,13 +10,11 @@ import os
 
 import numpy as np
 
-# 20 distinguishable colours (Kelly / Tableau-like); label 0 first.
-PALETTE = np.array([
-    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
-    [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
-    [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195],
-    [128, 128, 0], [255, 215, 180], [0, 0, 128]], np.uint8)
+from data_pipelines import palette as palette_lib
+
+# One palette for every figure (label 0 black, then 20 colours, cycling).
+PALETTE = palette_lib.PALETTE
+labels_to_rgb = palette_lib.labels_to_rgb
 BORDER = 2
 
 
@@ -31,12 +29,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   if image.shape[-1] == 1:
     image = np.repeat(image, 3, axis=-1)
   return image
-
-
-def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
-  """Integer label map ``[..., H, W]`` -> colours ``[..., H, W, 3]``."""
-  labels = np.asarray(labels)
-  return PALETTE[np.mod(labels, len(PALETTE))]
 
 
 def masks_to_rgb(masks: np.ndarray) -> np.ndarray:
@@ -70,30 +62,31 @@ def component_tiles(components: np.ndarray, masks: np.ndarray,
           for k in range(components.shape[0])]
 
 
-def reconstruction_grid(images, recon, attention=None, decoder=None,
+def reconstruction_grid(images, recon, segmentations=None, masks=None,
                         components=None, segmentation=None,
                         max_rows: int = 8) -> np.ndarray:
-  """Rows: input | [ground truth] | recon | attention seg | decoder seg |
-  per-slot components (each shown through its decoder mask).
+  """Rows: input | [ground truth] | recon | one argmax map per named
+  segmentation (in order) | per-slot components (each shown through
+  ``masks``).
 
   Args:
     images, recon: ``[B, H, W, C]`` in [0, 1].
-    attention, decoder: soft masks ``[B, K, H, W, 1]`` (optional).
-    components: ``[B, K, H, W, C]`` (optional; needs ``decoder``).
+    segmentations: ``{name: soft masks [B, K, H, W, 1]}`` (optional).
+    masks: the model's reported masks ``[B, K, H, W, 1]`` (for components).
+    components: ``[B, K, H, W, C]`` (optional; needs ``masks``).
     segmentation: ground truth ``[B, H, W]`` int (optional).
   """
+  segmentations = segmentations or {}
   rows = []
   for b in range(min(len(images), max_rows)):
     row = [to_uint8(images[b])]
     if segmentation is not None:
       row.append(labels_to_rgb(segmentation[b]))
     row.append(to_uint8(recon[b]))
-    if attention is not None:
-      row.append(masks_to_rgb(attention[b]))
-    if decoder is not None:
-      row.append(masks_to_rgb(decoder[b]))
-      if components is not None:
-        row.extend(component_tiles(components[b], decoder[b]))
+    for m in segmentations.values():
+      row.append(masks_to_rgb(m[b]))
+    if masks is not None and components is not None:
+      row.extend(component_tiles(components[b], masks[b]))
     rows.append(row)
   return tile_rows(rows)
 
