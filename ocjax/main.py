@@ -61,6 +61,7 @@ def main(argv):
   from ocjax.eval import sampling  # pylint: disable=g-import-not-at-top
   from ocjax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from ocjax.train import loop  # pylint: disable=g-import-not-at-top
+  from ocjax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   try:
     if mode == "train":
@@ -77,8 +78,12 @@ def main(argv):
                       step=_STEP.value, config=config)
     else:
       sampling.sample(workdir, _STEP.value, config=config)
+  except workdir_lib.Stopped as e:
+    print(e, flush=True)
+    raise SystemExit(143 if e.signame == "SIGTERM" else 130) from None
   except (fid.FIDError, fid.convert.WeightsError, FileNotFoundError,
-          run_lib.ConfigMismatchError, checkpoint.CheckpointError) as e:
+          run_lib.ConfigError, checkpoint.CheckpointError,
+          workdir_lib.WorkdirError) as e:
     raise SystemExit(f"error: {e}") from None
 
 

@@ -47,7 +47,11 @@ EVAL_SECTIONS = ("eval", "sample", "mesh")
 CONFIG_FILE = "config.json"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigError(ValueError):
+  """A config field has a value the run cannot use (the field is named)."""
+
+
+class ConfigMismatchError(ConfigError):
   """A config does not describe the run already in a workdir."""
 
 
@@ -84,7 +88,7 @@ class Run:
     wanted = tuple(self.config.get("eval", {}).get("modes", ()) or ())
     unknown = [m for m in wanted if m not in declared]
     if unknown:
-      raise ValueError(
+      raise ConfigError(
           f"eval.modes {list(wanted)} names {unknown}, which model "
           f"{self.config.model.name!r} does not have; it has "
           f"{list(declared)}.")
@@ -180,6 +184,53 @@ class Run:
     return sample
 
 
+def validate(config) -> Run:
+  """Checks a config before anything is written; returns its `Run`.
+
+  Every training, evaluation and optimizer number that must be positive is
+  checked with the field named, and the model is built and initialised
+  abstractly (no computation), so a model setting it does not support (a
+  slot count, an image size) fails here, naming the field where the model
+  does.
+  """
+  tc, oc = config.train, config.optimizer
+  checks = [("train.num_steps", tc.num_steps, 1),
+            ("train.batch_size", tc.batch_size, 1),
+            ("train.grad_accum_steps", tc.grad_accum_steps, 1),
+            ("train.log_every", tc.log_every, 1),
+            ("train.image_every", tc.image_every, 1),
+            ("train.checkpoint_every", tc.checkpoint_every, 1),
+            ("train.max_to_keep", tc.max_to_keep, 1),
+            ("train.keep_every", tc.keep_every, 0),
+            ("train.eval_every", tc.eval_every, 0),
+            ("eval.batch_size", config.eval.batch_size, 1),
+            ("sample.num", config.sample.num, 1)]
+  for name, value, minimum in checks:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value < minimum):
+      raise ConfigError(f"config.{name}={value!r} is invalid; expected an "
+                       f"int >= {minimum}.")
+  if not float(oc.learning_rate) > 0:
+    raise ConfigError(f"config.optimizer.learning_rate={oc.learning_rate!r} "
+                     "is invalid; expected a positive number.")
+  if float(tc.get("time_budget_s", 0) or 0) < 0:
+    raise ConfigError(f"config.train.time_budget_s={tc.time_budget_s!r} is "
+                     "invalid; expected >= 0 (0: no limit).")
+  if tc.batch_size % tc.grad_accum_steps:
+    raise ConfigError(
+        f"config.train.batch_size={tc.batch_size} must divide by "
+        f"config.train.grad_accum_steps={tc.grad_accum_steps}.")
+  try:
+    run = build(config)
+    jax.eval_shape(run._init_fn())  # pylint: disable=protected-access
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.model ({config.model.name}) cannot be built: "
+                     f"{e}") from e
+  return run
+
+
 def build(config) -> Run:
   """Model, objective and optimizer of an experiment config."""
   model = models.build(config.model)
@@ -222,14 +273,14 @@ def read_config_json(workdir: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       raw = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f"Cannot read the run config {path}: {e}") from e
+    raise ConfigError(f"Cannot read the run config {path}: {e}") from e
   if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-    raise ValueError(f"{path} has no 'model' section; it is not an ocjax "
-                     "run config.")
+    raise ConfigError(f"{path} has no 'model' section; it is not an ocjax "
+                      "run config.")
   for section in ("data", "seed"):
     if section not in raw:
-      raise ValueError(f"{path} has no {section!r} section; it is not an "
-                       "ocjax run config.")
+      raise ConfigError(f"{path} has no {section!r} section; it is not an "
+                        "ocjax run config.")
   return raw
 
 

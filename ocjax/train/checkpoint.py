@@ -13,11 +13,15 @@ devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointError(RuntimeError):
@@ -73,57 +77,156 @@ class Checkpointer:
     self._periodic.close()
 
   # ---------------------------------------------------------------- restore
+  def _copies(self, step: int | None):
+    """``(step, manager)`` pairs to try, newest first (a step may have a
+    copy in ``latest/`` and one in ``periodic/``)."""
+    pairs = [(s, m) for m in (self._latest, self._periodic)
+             for s in m.all_steps() if step is None or s == step]
+    return sorted(pairs, key=lambda p: -p[0])
+
   def restore(self, abstract_state: Any, step: int | None = None):
-    """Returns ``(state, meta)`` of ``step`` (default: the latest).
+    """Returns ``(state, meta)`` of ``step`` (default: the newest).
+
+    A damaged checkpoint (truncated or missing files) is skipped with a
+    one-line warning naming the file, for the newest intact one (or the
+    other copy of the same step).
 
     Raises:
-      CheckpointError: when there is no such checkpoint, or it holds a
-        different model (names the first mismatching entries).
+      CheckpointError: no such checkpoint; every copy is damaged (each named);
+        or the checkpoint holds a different model (`CheckpointMismatchError`,
+        naming the entries that differ).
     """
     steps = self.steps()
-    if step is None or step < 0:
-      if not steps:
-        raise CheckpointError(f"No checkpoint in {self.directory}.")
-      step = steps[-1]
-    if step not in steps:
+    if step is not None and step < 0:
+      step = None
+    if step is None and not steps:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    if step is not None and step not in steps:
       raise CheckpointError(
           f"No checkpoint of step {step} in {self.directory}; available "
           f"steps: {steps or 'none'}.")
-    mngr = (self._latest if step in self._latest.all_steps()
-            else self._periodic)
-    meta = mngr.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
-    try:
+    damaged: list[CheckpointDamagedError] = []
+    for s, mngr in self._copies(step):
       try:
+        state, meta = self._restore_copy(mngr, s, abstract_state)
+      except CheckpointDamagedError as e:
+        damaged.append(e)
+        continue
+      for e in damaged:
+        logging.warning("Skipping a damaged checkpoint: %s", e)
+        print(f"warning: skipping a damaged checkpoint: {e}; using the "
+              f"checkpoint of step {s} ({os.path.join(mngr.directory, str(s))}"
+              ").", file=sys.stderr, flush=True)
+      return state, meta
+    raise CheckpointError(
+        f"Every checkpoint{'' if step is None else f' of step {step}'} in "
+        f"{self.directory} is damaged: " + "; ".join(str(e) for e in damaged)
+        + ". Nothing was restored (and nothing overwritten); restore the "
+        "files or start a new --workdir.")
+
+  def _restore_copy(self, mngr, step: int, abstract_state: Any):
+    where = os.path.join(str(mngr.directory), str(step))
+    meta_file = os.path.join(where, "meta", "metadata")
+    try:
+      with open(meta_file, encoding="utf-8") as f:
+        json.load(f)
+      meta = mngr.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except (OSError, ValueError) as e:
+      raise CheckpointDamagedError(
+          f"{meta_file} is unreadable ({_first_line(e)})") from e
+    saved = _saved_leaves(os.path.join(where, "state"))
+    expected = _leaf_shapes(abstract_state)
+    legacy = ("model_state",) not in saved and not any(
+        k[0] == "model_state" for k in expected)
+    if legacy:  # Written before the train state had model_state.
+      expected = {k: v for k, v in expected.items() if k[0] != "model_state"}
+    saved = {k: v for k, v in saved.items() if v is not None}
+    _check_fits(saved, expected, where, meta)
+    try:
+      if legacy:
+        fields = {k: getattr(abstract_state, k)
+                  for k in ("step", "params", "opt_state", "objective_state")}
         restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-      except (ValueError, KeyError, TypeError):
-        restored = self._restore_without_model_state(mngr, step,
-                                                     abstract_state)
-        if restored is None:
-          raise
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f"The checkpoint of step {step} in {self.directory} (model "
-          f"{meta.get('model')!r}) does not fit the model being restored: "
-          f"{_first_line(e)}") from e
-    return restored["state"], meta
+            state=ocp.args.StandardRestore(fields)))["state"]
+        state = abstract_state.replace(**restored, model_state={})
+      else:
+        state = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointDamagedError(
+          f"the array data of {os.path.join(where, 'state')} is unreadable "
+          f"({_array_name(e) or _first_line(e)})") from e
+    return state, meta
 
 
-  @staticmethod
-  def _restore_without_model_state(mngr, step: int, abstract_state: Any):
-    """Checkpoints written before the train state had ``model_state`` (the
-    model's mutable collections) restore into a state whose ``model_state``
-    is empty; None where that does not apply."""
-    model_state = getattr(abstract_state, "model_state", None)
-    if model_state is None or jax.tree.leaves(model_state):
-      return None
-    fields = {k: getattr(abstract_state, k)
-              for k in ("step", "params", "opt_state", "objective_state")}
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fields)))
-    return {"state": abstract_state.replace(**restored["state"],
-                                            model_state={})}
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint holds another model (or another configuration of it)."""
+
+
+class CheckpointDamagedError(CheckpointError):
+  """A checkpoint's files are truncated, missing or unreadable."""
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {tuple(_key_name(k) for k in path): tuple(np.shape(x))
+          for path, x in leaves}
+
+
+def _saved_leaves(state_dir: str):
+  """``{key path: shape (None for an empty node)}`` of a saved state."""
+  path = os.path.join(state_dir, "_METADATA")
+  try:
+    with open(path, encoding="utf-8") as f:
+      tree = json.load(f)["tree_metadata"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    why = "no tree_metadata" if isinstance(e, KeyError) else _first_line(e)
+    raise CheckpointDamagedError(f"{path} is unreadable ({why})") from e
+  out = {}
+  for entry in tree.values():
+    key = tuple(str(k["key"]) for k in entry["key_metadata"])
+    value = entry.get("value_metadata", {})
+    out[key] = (None if value.get("skip_deserialize")
+                else tuple(value.get("write_shape", ())))
+  return out
+
+
+def _check_fits(saved, expected, where: str, meta: dict[str, Any]) -> None:
+  missing = sorted(set(expected) - set(saved))
+  unexpected = sorted(set(saved) - set(expected))
+  shapes = sorted(k for k in set(saved) & set(expected)
+                  if saved[k] != expected[k])
+  if not (missing or unexpected or shapes):
+    return
+  name = lambda k: "/".join(k)
+  parts = []
+  if missing:
+    parts.append("missing " + ", ".join(map(name, missing[:4])))
+  if unexpected:
+    parts.append("unexpected " + ", ".join(map(name, unexpected[:4])))
+  for k in shapes[:4]:
+    parts.append(f"{name(k)}: saved {list(saved[k])}, this model "
+                 f"{list(expected[k])}")
+  raise CheckpointMismatchError(
+      f"The checkpoint {where} (model {meta.get('model')!r}) does not fit "
+      f"the model being restored: {'; '.join(parts)}.")
+
+
+def _array_name(e: Exception) -> str:
+  """The array a TensorStore read failed on, from its message ('' if none)."""
+  import re  # pylint: disable=g-import-not-at-top
+  # The array's own path is the relative one ('params.conv.kernel/').
+  names = [p for p in re.findall(r"'path': '([^']+)'", str(e))
+           if not p.startswith("/")]
+  return f"array {names[-1].rstrip('/')}" if names else ""
 
 
 def _first_line(e: Exception) -> str:

@@ -13,6 +13,7 @@ over a good one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Callable, Sequence
@@ -26,6 +27,7 @@ from ocjax import run as run_lib
 from ocjax.models import base
 from ocjax.train import mesh as mesh_lib
 from ocjax.train import step as step_lib
+from ocjax.train import workdir as workdir_lib
 from ocjax.train import writers
 from ocjax.viz import grids
 
@@ -104,13 +106,25 @@ def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
 def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir``; returns the last metrics.
 
-  ``hooks`` run on their schedule after a step's checkpoint (e.g. the
-  periodic evaluation of `ocjax.eval.runner.periodic_hook`).
+  The whole config is validated before anything is written. ``hooks`` run on
+  their schedule after a step's checkpoint (e.g. the periodic evaluation).
+  SIGTERM or SIGINT finishes the step, saves a checkpoint and raises
+  `workdir_lib.Stopped`.
   """
   # --- setup
   if config.mesh.distributed:
     mesh_lib.initialize_distributed(config.mesh)
-  os.makedirs(workdir, exist_ok=True)
+  run = run_lib.validate(config)
+  workdir_lib.prepare(workdir)
+  lock = (workdir_lib.Lock(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with lock, workdir_lib.StopSignals() as signals:
+    return _train(run, workdir, hooks, signals)
+
+
+def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
+           signals: workdir_lib.StopSignals) -> dict[str, Any]:
+  config = run.config
   run_lib.check_workdir_config(config, workdir)
   data_pipelines.configure_tensorflow()
   tc = config.train
@@ -127,12 +141,24 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
                      f"number of devices ({mesh.size}).")
   batch_sharding = mesh_lib.batch_sharding(mesh)
 
-  # --- model, objective, optimizer, state
-  run = run_lib.build(config)
+  # --- state: restore or init; the history follows the checkpoint
   checkpointer = run.checkpointer(workdir)
   state, meta = run.restore(checkpointer, mesh=mesh, require=False)
   start = int(state.step)
+  if jax.process_index() == 0:
+    dropped = workdir_lib.reconcile_history(workdir, start if meta else None)
+    if dropped:
+      writers.log("Dropped %d rows of metrics.jsonl (and TensorBoard "
+                  "events) after step %d, the checkpoint resumed from.",
+                  dropped, start)
   data_position = meta["data_position"] if meta else 0
+  if meta and meta.get("batch_size", tc.batch_size) != tc.batch_size:
+    raise run_lib.ConfigError(
+        f"train.batch_size={tc.batch_size}, but the run in {workdir} was "
+        f"trained with batch {meta['batch_size']} (its data position counts "
+        "batches of that size, so the data order would shift). Resume with "
+        f"--config.train.batch_size={meta['batch_size']}, or use a new "
+        "--workdir.")
   # Seconds of training before this process started (time_budget_s counts
   # them, so a resumed run keeps its budget).
   seconds_before = float(meta.get("train_seconds", 0.0)) if meta else 0.0
@@ -188,7 +214,8 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
       if out_of_time and jax.process_count() > 1:  # Every host stops together.
         out_of_time = bool(np.max(
             mesh_lib.process_allgather(np.int32(out_of_time))))
-      is_last = step == tc.num_steps or out_of_time
+      signalled = _signalled(signals, step)
+      is_last = step == tc.num_steps or out_of_time or bool(signalled)
       log_now = step % tc.log_every == 0 or is_last or step == start + 1
       ckpt_now = step % tc.checkpoint_every == 0 or is_last or (
           tc.keep_every > 0 and step % tc.keep_every == 0)
@@ -213,10 +240,11 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
         writer.scalars(step, scalars)
         writers.log(writers.progress_line(step, tc.num_steps, scalars, rate,
                                           progress.eta_seconds(step)))
-      figures_now = step % tc.image_every == 0 or is_last
+      # A signal stops with a checkpoint only: no figures or evaluation.
+      figures_now = (step % tc.image_every == 0 or is_last) and not signalled
       hooks_now = [h for h in hooks
                    if (h.every and step % h.every == 0 and not is_last)
-                   or (is_last and h.at_end)]
+                   or (is_last and h.at_end and not signalled)]
       if figures_now or ckpt_now or hooks_now:
         jax.block_until_ready(metrics)  # The step's time is training time.
       with progress.paused():
@@ -225,11 +253,15 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
         if ckpt_now:
           checkpointer.save(step, state, {
               "step": step, "data_position": data_position + (step - start),
-              "model": config.model.name, "train_seconds": train_seconds})
+              "batch_size": tc.batch_size, "model": config.model.name,
+              "train_seconds": train_seconds})
           last_good = step
         for hook in hooks_now:
           hook.fn(run, state, step, {"train_seconds": train_seconds,
                                      "last": is_last})
+      if signalled:
+        checkpointer.wait()
+        raise workdir_lib.Stopped(signalled, step, checkpointer.directory)
       if out_of_time:
         writers.log("Stopped after step %d: train.time_budget_s=%g s is "
                     "spent (the same command continues the run).", step,
@@ -239,3 +271,18 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     checkpointer.close()
     writer.close()
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _signalled(signals: workdir_lib.StopSignals, step: int) -> str | None:
+  """The signal that asks to stop after ``step`` (every host agrees)."""
+  if jax.process_count() == 1:
+    return signals.signame
+  # Several hosts: JAX's preemption notifier makes them all stop at the same
+  # step (orbax's preemption protocol).
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  try:
+    if multihost_utils.reached_preemption_sync_point(step):
+      return "SIGTERM"
+  except RuntimeError:  # No preemption service in this distributed setup.
+    pass
+  return None
