@@ -39,6 +39,7 @@ from typing import Any, Sequence
 DATASETS: dict[str, str] = {
     # Procedural, no download.
     "sprites": "data_pipelines.sprites",
+    "tetrominoes_like": "data_pipelines.tetrominoes_like",
     # Real image datasets, read from the published files (data_dir).
     "objects_room": "data_pipelines.multi_object",
     "clevr_with_masks": "data_pipelines.multi_object",
