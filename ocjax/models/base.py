@@ -39,6 +39,7 @@ K slots, H height, W width, C channels, D embedding, L latent.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
@@ -121,7 +122,9 @@ def from_config(cls: type, config: Any) -> nn.Module:
   """
   items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   fields = {k: v for k, v in items.items() if k != "name"}
-  known = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
+  # Dataclass fields only: the protocol's ClassVar declarations are not
+  # settable from a config.
+  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(

@@ -36,9 +36,11 @@ class AutoregressivePrior(nn.Module):
     self.linear = nn.Dense(2 * self.latent_dim, dtype=self.dtype,
                            kernel_init=u, bias_init=u)
 
-  def _stats(self, h: Array) -> tuple[Array, Array]:
+  def _stats(self, h: Array, tanh_mean: bool = True) -> tuple[Array, Array]:
     mu, sigma = jnp.split(self.linear(h), 2, axis=-1)
-    return jnp.tanh(mu), jax.nn.sigmoid(sigma + SIGMA_BIAS) + SIGMA_EPS
+    if tanh_mean:
+      mu = jnp.tanh(mu)
+    return mu, jax.nn.sigmoid(sigma + SIGMA_BIAS) + SIGMA_EPS
 
   def _zero_state(self, batch: int, dtype):
     zeros = jnp.zeros((batch, self.hidden), dtype)
@@ -62,11 +64,14 @@ class AutoregressivePrior(nn.Module):
     sigma = jnp.concatenate([jnp.ones((b, 1, l), sigma.dtype), sigma], axis=1)
     return dict(mu=mu, sigma=sigma, h=h)
 
-  def sample(self, eps: Array) -> dict[str, Array]:
+  def sample(self, eps: Array, *, tanh_mean: bool = True) -> dict[str, Array]:
     """Ancestral sampling: ``z_1 = eps_1``, ``z_k = eps_k * sigma_k + mu_k``.
 
     Args:
       eps: standard-normal draws ``[B, K, L]``.
+      tanh_mean: squash ``mu_k`` with tanh as in the likelihood path. The
+        official GENESIS (v1) sampler uses the linear layer's output raw
+        (GENESIS fixture README §3.12): pass False to reproduce it.
 
     Returns:
       ``z``, ``mu``, ``sigma`` ``[B, K, L]`` and LSTM outputs ``h``.
@@ -74,7 +79,7 @@ class AutoregressivePrior(nn.Module):
     def body(mdl, carry, e):
       state, z_prev = carry
       state, h = mdl.lstm(state, z_prev)
-      mu, sigma = mdl._stats(h)
+      mu, sigma = mdl._stats(h, tanh_mean)
       z = e * sigma + mu
       return (state, z), (z, mu, sigma, h)
 

@@ -44,17 +44,25 @@ def num_unet_blocks(image_size: int) -> int:
 
 
 class UNet(nn.Module):
-  """GENESIS UNet with GroupNorm; returns the ``[B, H, W, C]`` feature map."""
+  """GENESIS UNet with GroupNorm; returns the ``[B, H, W, C]`` feature map.
+
+  With ``norm_groups=None`` the norms are InstanceNorms (GroupNorm with one
+  group per channel), as in MONet-G's attention network.
+  """
   down_channels: Sequence[int]
   up_channels: Sequence[int]
   mlp_hidden: int = 128
   dtype: Any = jnp.float32
+  # Groups of every GroupNorm; None: one group per channel, i.e. the
+  # InstanceNorm of the UNet in the official MONet re-implementation.
+  norm_groups: int | None = 8
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     skips = []
     for i, c in enumerate(self.down_channels):
-      x = layers.ConvGNReLU(c, dtype=self.dtype, name=f"down_{i}")(x)
+      x = layers.ConvGNReLU(c, num_groups=self.norm_groups or c,
+                            dtype=self.dtype, name=f"down_{i}")(x)
       skips.append(x)
       if i < len(self.down_channels) - 1:
         x = layers.downsample_nearest(x)
@@ -65,7 +73,8 @@ class UNet(nn.Module):
     x = x.reshape(b, h, w, c)
     for i, c in enumerate(self.up_channels):
       x = jnp.concatenate([x, skips[-1 - i]], axis=-1)
-      x = layers.ConvGNReLU(c, dtype=self.dtype, name=f"up_{i}")(x)
+      x = layers.ConvGNReLU(c, num_groups=self.norm_groups or c,
+                            dtype=self.dtype, name=f"up_{i}")(x)
       if i < len(self.up_channels) - 1:
         x = layers.upsample_nearest(x)
     return x

@@ -11,16 +11,24 @@ Array = jax.Array
 
 
 def monte_carlo_kl(z: Array, q_mu: Array, q_sigma: Array, p_mu: Array,
-                   p_sigma: Array) -> dict[str, Array]:
+                   p_sigma: Array, *,
+                   difference_first: bool = False) -> dict[str, Array]:
   """Single-sample estimate ``log q(z) - log p(z)``, summed over the last axis.
 
   The KL estimator of papers 001/002 (an estimate, so it can be negative
-  for one sample). Returns ``kl``, ``log_q`` and ``log_p``, each of
-  the input's shape without the last axis.
+  for one sample). Returns ``kl``, ``log_q`` and ``log_p``, each of the
+  input's shape without the last axis. The reference codes round differently:
+  GENESIS-V2's and GENESIS's mask-latent KL sum each density first, the
+  component KL of GENESIS and MONet-G subtracts elementwise and then sums
+  (``difference_first``); ``log_q`` and ``log_p`` are the separate sums.
   """
-  log_q = jnp.sum(likelihood.gaussian_log_prob(z, q_mu, q_sigma), axis=-1)
-  log_p = jnp.sum(likelihood.gaussian_log_prob(z, p_mu, p_sigma), axis=-1)
-  return dict(kl=log_q - log_p, log_q=log_q, log_p=log_p)
+  log_q_d = likelihood.gaussian_log_prob(z, q_mu, q_sigma)
+  log_p_d = likelihood.gaussian_log_prob(z, p_mu, p_sigma)
+  log_q = jnp.sum(log_q_d, axis=-1)
+  log_p = jnp.sum(log_p_d, axis=-1)
+  kl = jnp.sum(log_q_d - log_p_d, axis=-1) if difference_first else (
+      log_q - log_p)
+  return dict(kl=kl, log_q=log_q, log_p=log_p)
 
 
 def mask_kl(log_m: Array, log_pi: Array, floor: float = 1e-5) -> Array:
