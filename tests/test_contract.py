@@ -179,6 +179,14 @@ def test_evaluation_runner(trained):
   assert results["num_images"] == config.eval.num_examples
   assert os.path.exists(os.path.join(
       workdir, "eval", f"{config.train.num_steps}_best_median_worst.png"))
+  # The scores also go to the run's history (and TensorBoard).
+  rows = [json.loads(l) for l in open(os.path.join(workdir,
+                                                   "metrics.jsonl"))]
+  evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+  assert evals and evals[-1]["step"] == config.train.num_steps
+  assert evals[-1][f"eval/{modes[0]}/{run.model.reported_segmentation}/ari"]\
+      == pytest.approx(results[f"{modes[0]}/"
+                               f"{run.model.reported_segmentation}/ari"])
   if base.can_sample(run.model):
     grid = sampling.sample(workdir, num=2)
     assert os.path.exists(grid)

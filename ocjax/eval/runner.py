@@ -198,8 +198,30 @@ def evaluate_state(run: run_lib.Run, workdir: str, state, step: int,
   writers.log("Evaluation of step %d on %d %s images (%s):\n%s", step,
               results.get("num_images", 0), results["split"], path,
               format_table(results))
-  _write_best_worst_grid(run, workdir, variables, step, per_image)
+  grid = _write_best_worst_grid(run, workdir, variables, step, per_image)
+  _log_to_history(workdir, step, results, grid)
   return results
+
+
+def _log_to_history(workdir: str, step: int, results: dict[str, Any],
+                    grid: str | None) -> None:
+  """The scores as ``eval/...`` scalars in TensorBoard and metrics.jsonl,
+  and the best/median/worst grid as a TensorBoard image (process 0)."""
+  if jax.process_index() != 0:
+    return
+  scalars = {f"eval/{k}": float(v) for k, v in results.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and k != "step"}
+  writer = writers.Writer(workdir)
+  try:
+    writer.scalars(step, scalars)
+    if grid:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      with Image.open(grid) as img:
+        writer.images(step, {"eval/best_median_worst": np.asarray(
+            img.convert("RGB"))})
+  finally:
+    writer.close()
 
 
 # ----------------------------------------------- best / median / worst grid

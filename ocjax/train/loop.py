@@ -238,8 +238,11 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
         scalars["steps_per_sec"] = rate
         scalars["learning_rate"] = run.learning_rate(step - 1)
         writer.scalars(step, scalars)
+        eta = progress.eta_seconds(step)
+        if budget > 0:  # The time budget may end the run first.
+          eta = min(eta, max(budget - train_seconds, 0.0))
         writers.log(writers.progress_line(step, tc.num_steps, scalars, rate,
-                                          progress.eta_seconds(step)))
+                                          eta))
       # A signal stops with a checkpoint only: no figures or evaluation.
       figures_now = (step % tc.image_every == 0 or is_last) and not signalled
       hooks_now = [h for h in hooks

@@ -1,0 +1,190 @@
+r"""A model's curve to object discovery: held-out ARI-FG against steps and time.
+
+    python benchmarks/discovery.py --model=slot_attention --preset=quick \
+        --dataset=tetrominoes_like --minutes=12 --eval_every=250 \
+        --workdir=runs/discovery/sa_tetrominoes [--config.x.y=v ...]
+
+Trains ``experiments/<model>.py:<preset>`` (on ``--dataset``'s procedural
+data when given, at the preset's image size unless overridden) for
+``--minutes`` of training time (compilation, figures, checkpoints and
+evaluation left out), evaluating every ``--eval_every`` steps on the first
+``--eval_images`` test images, and writes to the workdir
+
+* ``curve.json``: per evaluation the step, training seconds, ARI-FG and
+  MSC-FG of the model's reported masks, the best ARI-FG of any of its
+  masks, and MSE; the untrained model's scores; the first step and time at
+  which ARI-FG reached 0.5 and 0.8;
+* ``curve.png``: ARI-FG and MSC-FG against training time;
+* TensorBoard ``eval/*`` scalars (as every evaluation writes them).
+
+Re-running the command resumes a killed run (and keeps its curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+
+import data_pipelines
+from experiments import common
+from ocjax import compare
+from ocjax import run as run_lib
+from ocjax.eval import runner
+from ocjax.train import loop
+from ocjax.train import writers
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+THRESHOLDS = (0.5, 0.8)
+
+
+def build_config(model: str, preset: str, dataset: str | None,
+                 minutes: float, eval_every: int, eval_images: int,
+                 overrides: dict):
+  config = compare.model_config(model, preset, minutes=minutes, seed=0,
+                                eval_every=eval_every, overrides={})
+  with config.unlocked():
+    if dataset and dataset != config.data.name:
+      size = int(config.data.image_size)
+      module = data_pipelines.DATASETS[dataset]
+      import importlib  # pylint: disable=g-import-not-at-top
+      data = importlib.import_module(module).default_config()
+      data.image_size = size
+      config.data = data
+      if "image_size" in config.model:
+        config.model.image_size = size
+    config.eval.num_examples = eval_images
+    common.set_fields(config, overrides)
+    if "image_size" in config.model:
+      config.model.image_size = int(config.data.image_size)
+  return config
+
+
+def read_curve(workdir: str, run: run_lib.Run) -> list[dict]:
+  points = []
+  folder = os.path.join(workdir, "eval")
+  if not os.path.isdir(folder):
+    return points
+  for name in os.listdir(folder):
+    stem = name[:-len(".json")]
+    if not (name.endswith(".json") and stem.isdigit()):
+      continue
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+      results = json.load(f)
+    if "train_seconds" not in results:
+      continue
+    points.append({"step": int(results["step"]),
+                   "train_seconds": float(results["train_seconds"]),
+                   **compare._scores(results, run)})  # pylint: disable=protected-access
+  return sorted(points, key=lambda p: p["step"])
+
+
+def first_reach(points: list[dict], key: str = "ari_fg") -> dict:
+  out = {}
+  for t in THRESHOLDS:
+    hit = next((p for p in points if p[key] >= t), None)
+    out[str(t)] = (None if hit is None else
+                   {"step": hit["step"], "train_seconds": hit["train_seconds"]})
+  return out
+
+
+def plot(points: list[dict], path: str, title: str) -> None:
+  """A small line plot (PIL only): ARI-FG and MSC-FG against minutes."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  w, h, m = 520, 320, 40
+  img = Image.new("RGB", (w, h), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  d.text((m, 8), title, fill=(0, 0, 0))
+  d.rectangle([m, m, w - m, h - m], outline=(0, 0, 0))
+  tmax = max([p["train_seconds"] for p in points] + [1.0]) / 60
+  for y in (0.0, 0.5, 0.8, 1.0):
+    yy = h - m - y * (h - 2 * m)
+    d.line([m, yy, w - m, yy], fill=(220, 220, 220))
+    d.text((4, yy - 6), f"{y:.1f}", fill=(0, 0, 0))
+  d.text((w - m - 60, h - m + 8), f"{tmax:.1f} min", fill=(0, 0, 0))
+  for key, colour in (("ari_fg", (200, 30, 30)), ("msc_fg", (30, 90, 200))):
+    xy = [(m + p["train_seconds"] / 60 / tmax * (w - 2 * m),
+           h - m - max(0.0, p[key]) * (h - 2 * m)) for p in points]
+    if len(xy) > 1:
+      d.line(xy, fill=colour, width=2)
+    for x, y in xy:
+      d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    d.text((m + 5, m + (5 if key == "ari_fg" else 18)),
+           key.upper().replace("_", "-"), fill=colour)
+  img.save(path)
+
+
+def discovery(workdir: str, config) -> dict:
+  run = run_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  initial_path = os.path.join(workdir, "initial.json")
+  if os.path.exists(initial_path):
+    with open(initial_path, encoding="utf-8") as f:
+      initial = json.load(f)
+  else:
+    initial = compare._scores(runner.evaluate_variables(  # pylint: disable=protected-access
+        run, run.init_state().variables()), run)
+    with open(initial_path, "w", encoding="utf-8") as f:
+      json.dump(initial, f)
+  writers.log("Untrained %s on %s: ARI-FG %.3f (%s).", config.model.name,
+              config.data.name, initial["ari_fg"], initial["segmentation"])
+  hook = loop.Hook(int(config.train.eval_every),
+                   lambda r, state, step, info: runner.evaluate_state(
+                       r, workdir, state, step, info), at_end=True)
+  loop.train(config, workdir, hooks=[hook])
+  points = read_curve(workdir, run)
+  result = {"model": config.model.name, "experiment": config.experiment,
+            "dataset": config.data.name,
+            "image_size": int(config.data.image_size),
+            "batch_size": int(config.train.batch_size),
+            "minutes": float(config.train.time_budget_s) / 60,
+            "initial": initial, "curve": points,
+            "first_reach": first_reach(points)}
+  with open(os.path.join(workdir, "curve.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  plot(points, os.path.join(workdir, "curve.png"),
+       f"{config.model.name} on {config.data.name} "
+       f"{config.data.image_size}x{config.data.image_size}")
+  last = points[-1] if points else {}
+  reach = ", ".join(
+      f"ARI-FG {t}: " + (f"step {v['step']} ({v['train_seconds'] / 60:.1f} "
+                         "min)" if v else "not reached")
+      for t, v in result["first_reach"].items())
+  writers.log("%s: ARI-FG %.3f (untrained %.3f), MSC-FG %.3f after %d steps "
+              "(%.1f min); %s. Wrote %s.", config.model.name,
+              last.get("ari_fg", np.nan), initial["ari_fg"],
+              last.get("msc_fg", np.nan), last.get("step", 0),
+              last.get("train_seconds", 0) / 60, reach,
+              os.path.join(workdir, "curve.json"))
+  return result
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", required=True)
+  p.add_argument("--preset", default="quick")
+  p.add_argument("--dataset", default=None,
+                 help="a procedural dataset (default: the preset's)")
+  p.add_argument("--minutes", type=float, default=12.0)
+  p.add_argument("--eval_every", type=int, default=250)
+  p.add_argument("--eval_images", type=int, default=256)
+  p.add_argument("--workdir", required=True)
+  args, rest = p.parse_known_args(argv)
+  config = build_config(args.model, args.preset, args.dataset, args.minutes,
+                        args.eval_every, args.eval_images,
+                        compare._parse_overrides(rest))  # pylint: disable=protected-access
+  discovery(args.workdir, config)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
