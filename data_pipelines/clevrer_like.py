@@ -472,7 +472,9 @@ def generate_episode(spec: Spec, split: str, index: int) -> dict[str, Any]:
     video[t] = np.round(image * 255).astype(np.uint8)
     seg[t] = ids
   return {"video": video, "segmentation": seg, "num_objects": n,
-          "attributes": [(o.shape, o.material) for o in objects]}
+          "attributes": [(o.shape, o.material,
+                          tuple(int(v) for v in np.round(o.colour * 255)))
+                         for o in objects]}
 
 
 # ------------------------------------------------------------------ tf.data

@@ -27,10 +27,18 @@ def fixtures_dir() -> pathlib.Path | None:
 
 
 def load_fixture(relpath: str) -> dict[str, np.ndarray]:
-  """Loads an ``.npz`` reference fixture, or skips the test with the reason."""
+  """Loads an ``.npz`` reference fixture, or skips the test with the reason.
+
+  Under CI (``CI`` set to a true value) a missing fixture fails the test:
+  parity must never pass by skipping.
+  """
   root = fixtures_dir()
   path = root / relpath if root else None
   if path is None or not path.exists():
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+      pytest.fail(f"reference fixture {relpath} not found under CI (looked "
+                  f"in $OCJAX_FIXTURES, ../shared/fixtures beside the "
+                  "checkout and /work/shared/fixtures)")
     pytest.skip(f"reference fixture {relpath} not found (set OCJAX_FIXTURES "
                 "to the folder holding genesis_v2_reference/)")
   with np.load(path, allow_pickle=False) as data:

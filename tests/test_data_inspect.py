@@ -34,7 +34,6 @@ def test_real_dataset(tmp_path, capsys):
 
 
 def test_procedural_dataset(tmp_path, capsys):
-  pytest.importorskip("data_pipelines.sprites")
   out = tmp_path / "sprites.png"
   rc = inspect_lib.main(["--dataset=sprites", f"--out={out}", "--num=3",
                          "--set", "image_size=32"])

@@ -246,12 +246,16 @@ def test_pth_without_torch_explains_the_conversion(tmp_path):
 
 
 def _pytorch_fid():
-  """pytorch-fid's inception module, or skip (it needs torch, torchvision)."""
+  """pytorch-fid's inception module, or skip when it is not installed (it is
+  an optional cross-check needing torch and torchvision). Any other failure
+  of the import is an error, not a skip."""
   try:
     from pytorch_fid import inception as pf  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"pytorch-fid is not usable here: {type(e).__name__}: {e}")
+  except ModuleNotFoundError as e:
+    if e.name not in ("pytorch_fid", "torch", "torchvision"):
+      raise
+    pytest.skip(f"pytorch-fid is not installed ({e.name} missing)")
   return pf, torch
 
 

@@ -38,7 +38,9 @@ def test_sgmm_nll_is_stable_for_confident_masks():
   log_pi = jnp.log(jnp.stack([jnp.ones((1, 2, 2, 1)),
                               jnp.zeros((1, 2, 2, 1))], 1))  # log 0 = -inf
   nll = likelihood.sgmm_nll(x, log_pi, mu, 0.7)
-  want = -12 * float(likelihood.gaussian_log_prob(0.0, 0.0, 0.7))
+  # 12 values at the mean of the confident component: -log N(0; 0, 0.7)
+  # each, written out (not with the module's own density).
+  want = 12 * (math.log(0.7) + 0.5 * math.log(2 * math.pi))
   np.testing.assert_allclose(nll, [want], rtol=1e-6)
 
 
@@ -125,3 +127,55 @@ def test_geco_disabled_keeps_beta():
   loss, state, _ = obj(out, obj.init())
   assert float(loss) == pytest.approx(2.0)
   assert float(state.beta) == 0.5
+
+
+def test_geco_constants_follow_the_reconstruction_shape():
+  """Goal per pixel and channel times C H W (T for videos); step size
+  scaled by reference_pixels / (H W); both read from shapes at call time."""
+  obj = geco_lib.GecoObjective(geco=_geco(goal=0.5, step_size=1e-5),
+                               per_element=True, reference_pixels=64 * 64)
+  image = types.SimpleNamespace(recon=jax.ShapeDtypeStruct((2, 32, 32, 3),
+                                                           jnp.float32))
+  g = obj.constants(image)
+  assert g.goal == pytest.approx(0.5 * 32 * 32 * 3)
+  assert g.step_size == pytest.approx(1e-5 * 4.0)
+  video = types.SimpleNamespace(recon=jnp.zeros((2, 5, 16, 16, 3)))
+  g = obj.constants(video)
+  assert g.goal == pytest.approx(0.5 * 5 * 16 * 16 * 3)
+  assert g.step_size == pytest.approx(1e-5 * 16.0)
+  # Fixed constants when neither is asked for.
+  plain = geco_lib.GecoObjective(geco=_geco())
+  assert plain.constants(image) is plain.geco
+
+
+def test_geco_constrains_every_other_term_with_weights():
+  obj = geco_lib.GecoObjective(geco=_geco(), weights={"kl_mask": 0.5})
+  out = types.SimpleNamespace(losses=dict(
+      nll=jnp.float32([10.0, 20.0]), kl=jnp.float32([1.0, 3.0]),
+      kl_mask=jnp.float32([4.0, 8.0])))
+  state = obj.init().replace(beta=jnp.float32(2.0))
+  loss, _, metrics = obj(out, state)
+  # 15 + 2 * (2 + 0.5 * 6)
+  assert float(loss) == pytest.approx(25.0)
+  assert float(metrics["kl"]) == 2.0 and float(metrics["kl_mask"]) == 6.0
+  assert float(metrics["neg_elbo"]) == pytest.approx(15.0 + 2.0 + 3.0)
+
+
+def test_weighted_sum_and_the_registry():
+  from ocjax import objectives  # pylint: disable=g-import-not-at-top
+  from ocjax.objectives import weighted_sum  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  obj = weighted_sum.WeightedSum(weights={"b": 3.0})
+  out = types.SimpleNamespace(losses=dict(a=jnp.float32([1.0, 3.0]),
+                                          b=jnp.float32([2.0, 2.0])))
+  loss, state, metrics = obj(out, obj.init())
+  assert float(loss) == pytest.approx(2.0 + 6.0)
+  assert state == {} and float(metrics["a"]) == 2.0
+  grads = jax.grad(lambda a: obj(types.SimpleNamespace(
+      losses=dict(a=a, b=jnp.float32([2.0, 2.0]))), {})[0])(
+          jnp.float32([1.0, 3.0]))
+  np.testing.assert_allclose(grads, [0.5, 0.5])
+  config = ml_collections.ConfigDict({"name": "weighted_sum"})
+  assert isinstance(objectives.build(config), weighted_sum.WeightedSum)
+  with pytest.raises(ValueError, match="Unknown objective 'nope'.*geco"):
+    objectives.build(ml_collections.ConfigDict({"name": "nope"}))

@@ -54,7 +54,8 @@ def test_clevrer_like_scene():
   assert set(np.unique(seg)) <= {0, 1, 2, 3, 4}
   assert len(set(np.unique(seg[0])) - {0}) >= 3  # Objects start in view.
   # Distinct attribute triples; the floor is grey where no object is.
-  assert len(set(ep["attributes"])) <= 4
+  assert len(ep["attributes"]) == 4
+  assert len(set(map(tuple, ep["attributes"]))) == 4
   floor = video[seg == 0]
   assert np.abs(floor[:, 0] - floor[:, 1]).mean() < 10
   # Objects slide: masks change over time.
@@ -183,8 +184,7 @@ def _write_proposals(path, video_id, n_objects):
 
 @pytest.fixture(scope="module")
 def clevrer_root(tmp_path_factory):
-  pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg decodes "
-                      "CLEVRER's mp4 (pip install imageio-ffmpeg)")
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top,unused-import
   root = tmp_path_factory.mktemp("clevrer")
   masks = root / "proposals"
   masks.mkdir()
@@ -237,9 +237,14 @@ def test_clevrer_validation_masks_and_test_windows(clevrer_root):
   assert set(np.unique(seg[:3])) <= {0, 1, 2}
   # Object 0 (track 1) is present only from frame 3 on.
   assert not (seg[0, :3] == 1).any() and (seg[0, 3] == 1).any()
+  # Frame 5's id map, cropped and resized as written out here (not with the
+  # module's function): 40 px off each side of the width, then nearest
+  # neighbour at the output pixels' centres, (i + 0.5) * in / out; the id
+  # of object_id k is its track k + 1.
   _, ids = _frame_and_ids(5, 2)
-  np.testing.assert_array_equal(
-      seg[1, 1], clevrer.preprocess_masks(ids[None], 40, 64)[0])
+  rows = np.floor((np.arange(64) + 0.5) * 320 / 64).astype(int)
+  cols = 40 + np.floor((np.arange(64) + 0.5) * 400 / 64).astype(int)
+  np.testing.assert_array_equal(seg[1, 1], ids[rows][:, cols])
   # Test: 2-object videos only (10000), trimmed to the first window with 2
   # visible objects in every frame and motion: frames 3..6.
   assert data_pipelines.num_examples(c, "test") == 1

@@ -8,8 +8,7 @@ import pytest
 import data_pipelines
 from data_pipelines import p2d
 
-pybullet = pytest.importorskip(
-    "pybullet", reason="pybullet is an optional extra (pip install .[sim])")
+import pybullet  # requirements.txt installs the [sim] extra.
 
 
 def _small(**kw):
