@@ -217,5 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def console() -> None:
+  """The ``ocjax-compare`` console script."""
+  sys.exit(main())
+
+
 if __name__ == "__main__":
   sys.exit(main())

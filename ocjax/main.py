@@ -87,5 +87,29 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
+def _run_with_mode(mode: str | None) -> None:
+  """Console scripts: ``ocjax-<mode>`` is ``python -m ocjax.main --mode=..``."""
+  import sys  # pylint: disable=g-import-not-at-top
+  if mode and not any(a.startswith("--mode") for a in sys.argv[1:]):
+    sys.argv.insert(1, f"--mode={mode}")
+  app.run(main)
+
+
+def run_train() -> None:
+  _run_with_mode("train")
+
+
+def run_eval() -> None:
+  _run_with_mode("eval")
+
+
+def run_sample() -> None:
+  _run_with_mode("sample")
+
+
+def run_fid() -> None:
+  _run_with_mode("fid")
+
+
 if __name__ == "__main__":
   app.run(main)

@@ -64,6 +64,8 @@ _AUX_KEYS = {"mu": "latent_mean", "sigma": "latent_std",
              "positions": "positions", "presence": "presence",
              "num_slots_used": "num_slots_used"}
 Preprocess = preprocess_lib.Preprocess
+# Images with a shorter side below this are segmented with a warning.
+MIN_SIDE = 8
 
 
 class SegmentError(RuntimeError):
@@ -228,6 +230,10 @@ def _batches(files: Sequence[str], prep: Preprocess, batch_size: int,
       errors.append({"file": path, "error": str(e)})
       continue
     image, box = prep(raw)
+    if min(raw.shape[:2]) < MIN_SIDE:
+      print(f"warning: {path} is only {raw.shape[1]}x{raw.shape[0]} pixels; "
+            f"it is upscaled to {prep.size}x{prep.size} and its segmentation "
+            "will say little.", file=sys.stderr)
     batch.append({"path": path, "image": image, "raw_size": raw.shape[:2],
                   "box": box})
     if len(batch) == batch_size:
@@ -277,6 +283,9 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
   if os.path.isfile(input_path):
     name = os.path.splitext(name)[0]
   output = output or os.path.join(workdir, "segment", name)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise SegmentError(f"--output={output} is a file; name a folder (it is "
+                       "created if missing).")
   os.makedirs(output, exist_ok=True)
 
   errors: list[dict[str, str]] = []
@@ -352,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"; {len(run['errors'])} file(s) could not be read."
            if run["errors"] else "."))
   return 0
+
+
+def console() -> None:
+  """The ``ocjax-segment`` console script."""
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -153,6 +153,19 @@ def test_clear_errors(run, tmp_path):
     segment.segment(workdir, str(empty), None)
   with pytest.raises(FileNotFoundError, match="config.json"):
     segment.segment(str(tmp_path), str(bad), None)
+  good = _save(tmp_path / "good.png", np.zeros((8, 8, 3), np.uint8))
+  out_file = tmp_path / "out.txt"
+  out_file.write_text("x")
+  with pytest.raises(segment.SegmentError, match="out.txt is a file"):
+    segment.segment(workdir, str(good), str(out_file))
+
+
+def test_a_tiny_image_is_segmented_with_a_warning(run, tmp_path, capsys):
+  _, workdir = run
+  dot = _save(tmp_path / "dot.png", np.full((1, 1, 3), 200, np.uint8))
+  summary = segment.segment(workdir, str(dot), str(tmp_path / "o"))
+  assert summary["num_images"] == 1
+  assert "dot.png is only 1x1 pixels" in capsys.readouterr().err
 
 
 def _data(module, **overrides):

@@ -21,7 +21,22 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import logging as std_logging
+
 from absl import logging
+
+
+class _ReadOnlyNoise(std_logging.Filter):
+  """Drops orbax's three notices that a read-only manager is read-only."""
+
+  PATTERNS = ("read_only=True, setting", "Given directory is read only")
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not any(p in message for p in self.PATTERNS)
+
+
+std_logging.getLogger("absl").addFilter(_ReadOnlyNoise())
 
 
 class CheckpointError(RuntimeError):

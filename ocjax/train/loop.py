@@ -168,8 +168,9 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   else:
     n = sum(x.size for x in jax.tree.leaves(state.params))
     writers.log("Starting %s from scratch: %d parameters, %d steps of "
-                "batch %d on %d device(s).", config.model.name, n,
-                tc.num_steps, tc.batch_size, mesh.size)
+                "batch %d on %d device(s).\n%s", config.model.name, n,
+                tc.num_steps, tc.batch_size, mesh.size,
+                writers.parameter_table(state.params))
 
   # --- input
   ds = data_pipelines.get_dataset(config.data, "train",
@@ -185,6 +186,9 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       batch_sharding=batch_sharding)
   vis_batch = example_batch(config, "test", size=8)
   writer = writers.Writer(workdir, enabled=jax.process_index() == 0)
+  writer.text(start, {"config": "```\n" + config.to_json_best_effort(
+      indent=2) + "\n```", "parameters": "```\n" + writers.parameter_table(
+          state.params, depth=2) + "\n```"})
 
   # --- loop
   progress = writers.Progress(start, tc.num_steps)

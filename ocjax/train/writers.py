@@ -52,6 +52,14 @@ class Writer:
           v = v.astype(np.float32) / 255.0
         self._tf.summary.image(k, v[None], step=step, max_outputs=1)
 
+  def text(self, step: int, texts: dict[str, str]) -> None:
+    """Markdown texts in TensorBoard's Text tab (e.g. the run's config)."""
+    if not self.enabled:
+      return
+    with self._tb.as_default(step=step):
+      for k, v in texts.items():
+        self._tf.summary.text(k, v)
+
   def flush(self) -> None:
     if self.enabled:
       self._tb.flush()
@@ -105,6 +113,27 @@ class Progress:
     if done <= 0:
       return float("nan")
     return self.elapsed() / done * (self.total - step)
+
+
+def parameter_table(params: Any, depth: int = 1) -> str:
+  """Parameters per module (the first ``depth`` levels of the tree)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  counts: dict[str, int] = {}
+  shapes: dict[str, int] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    key = "/".join(names[:depth]) if len(names) > depth else "/".join(
+        names[:-1]) or names[0]
+    counts[key] = counts.get(key, 0) + int(np.size(leaf))
+    shapes[key] = shapes.get(key, 0) + 1
+  total = sum(counts.values()) or 1
+  width = max([len(k) for k in counts] + [6])
+  lines = [f"{'module':{width}s} {'params':>12s} {'share':>7s} {'arrays':>7s}"]
+  for k in sorted(counts, key=lambda k: -counts[k]):
+    lines.append(f"{k:{width}s} {counts[k]:12,d} {counts[k] / total:7.1%} "
+                 f"{shapes[k]:7d}")
+  lines.append(f"{'total':{width}s} {total:12,d}")
+  return "\n".join(lines)
 
 
 def format_duration(seconds: float) -> str:
