@@ -1,6 +1,7 @@
 """Evaluation on held-out data: segmentation metrics for every segmentation
 the model exposes, in every evaluation mode it declares (e.g. fixed and
-flexible K).
+flexible K). For video models each clip is scored as a whole (a slot must
+follow one object over time to score well).
 
 Writes ``<workdir>/eval/<step>.json`` and prints a table. Metrics (see
 `ocjax.metrics.segmentation`): ARI and ARI-FG, MSC and MSC-FG (mean
@@ -57,8 +58,15 @@ def make_eval_fn(run: run_lib.Run, mode: str):
     if "num_slots_used" in out.aux:
       res["num_slots"] = out.aux["num_slots_used"].astype(jnp.float32)
     for name, masks in out.segmentations.items():
+      if masks.ndim == 6:  # Video [B, T, K, H, W, 1]: one score per clip,
+        # with time stacked along the height (a slot is one track over time).
+        b, t, k, h, w, _ = masks.shape
+        masks = jnp.moveaxis(masks, 2, 1).reshape(b, k, t * h, w, 1)
+        truth = segmentation.reshape(b, t * h, w)
+      else:
+        truth = segmentation
       scores = seg_metrics.segmentation_metrics(
-          masks, segmentation, num_true_labels=num_true_labels)
+          masks, truth, num_true_labels=num_true_labels)
       res.update({f"{name}/{s}": scores[s] for s in SCORES})
     return res
 

@@ -30,6 +30,7 @@ from ocjax.train import step as step_lib
 from ocjax.train import workdir as workdir_lib
 from ocjax.train import writers
 from ocjax.viz import grids
+from ocjax.viz import video as video_viz
 
 
 class NonFiniteError(RuntimeError):
@@ -57,17 +58,13 @@ def example_batch(config, split: str = "test", size: int = 1):
 
 
 # ------------------------------------------------------------------ figures
-def _flatten_time(x):
-  """Videos ``[B, T, ...]`` are shown frame by frame."""
-  x = np.asarray(x)
-  return x.reshape((-1,) + x.shape[2:])
-
-
 def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
                   mesh):
-  """PNG grids in ``<workdir>/images`` and TensorBoard images.
+  """Figures in ``<workdir>/images`` and TensorBoard images.
 
-  Every process computes (jitted calls are collective); process 0 writes.
+  Images: a reconstruction grid (and prior samples). Videos: a strip per
+  clip over time (PNG) and an animation of the first clip (GIF). Every
+  process computes (jitted calls are collective); process 0 writes.
   ``batch`` is the same host batch on every process.
   """
   model = run.model
@@ -82,23 +79,37 @@ def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
   if jax.process_index() != 0:
     return
   key = model.input_key
-  flat = (lambda a: np.asarray(a)) if key == "image" else _flatten_time
-  grid = grids.reconstruction_grid(
-      flat(batch[key]), flat(out.recon),
-      segmentations={name: flat(out.segmentations[name])
-                     for name in model.segmentation_names},
-      masks=flat(out.masks), components=flat(out.components),
-      segmentation=(flat(batch["segmentation"])
-                    if "segmentation" in batch else None))
-  figs = {"reconstruction": grid}
-  if samples is not None:
-    figs["samples"] = grids.sample_grid(
-        flat(samples.image), flat(samples.masks), flat(samples.components))
+  segmentations = {name: out.segmentations[name]
+                   for name in model.segmentation_names}
+  truth = batch.get("segmentation")
+  figs, gifs = {}, {}
+  if key == "image":
+    figs["reconstruction"] = grids.reconstruction_grid(
+        batch[key], out.recon, segmentations=segmentations, masks=out.masks,
+        components=out.components, segmentation=truth)
+    if samples is not None:
+      figs["samples"] = grids.sample_grid(samples.image, samples.masks,
+                                          samples.components)
+  else:
+    figs["video"] = video_viz.strip(
+        batch[key], out.recon, segmentations, out.masks, out.components,
+        truth)
+    first = lambda a: None if a is None else np.asarray(a)[0]
+    gifs["video"] = video_viz.animation_frames(
+        first(batch[key]), first(out.recon),
+        {k: first(v) for k, v in segmentations.items()}, first(out.masks),
+        first(out.components), first(truth))
+    if samples is not None:
+      figs["samples"] = video_viz.strip(samples.image, samples.image,
+                                        {"masks": samples.masks},
+                                        samples.masks, samples.components)
+  folder = os.path.join(workdir, "images")
   for name, img in figs.items():
-    grids.save_png(os.path.join(workdir, "images",
-                                f"{name}_{step:08d}.png"), img)
-    grids.save_png(os.path.join(workdir, "images", f"{name}_latest.png"),
-                   img)
+    grids.save_png(os.path.join(folder, f"{name}_{step:08d}.png"), img)
+    grids.save_png(os.path.join(folder, f"{name}_latest.png"), img)
+  for name, frames in gifs.items():
+    video_viz.save_gif(os.path.join(folder, f"{name}_{step:08d}.gif"), frames)
+    video_viz.save_gif(os.path.join(folder, f"{name}_latest.gif"), frames)
   writer.images(step, figs)
 
 
