@@ -60,8 +60,10 @@ def base_config(*, model: ml_collections.ConfigDict,
   c.train.max_to_keep = 3  # periodic checkpoints kept
   c.train.eval_every = 0  # 0: no evaluation during training
   # Gradients of the batch computed as this many micro-batches (the same
-  # step; faster on CPUs, less memory anywhere).
-  c.train.grad_accum_steps = 1
+  # step; faster on CPUs, less memory anywhere). 0: automatic, micro-batches
+  # of 4 images per device on a CPU and none elsewhere (and none for models
+  # with batch statistics).
+  c.train.grad_accum_steps = 0
   # Stop (and checkpoint) after this many seconds of training; 0: no limit.
   # The same command continues the run.
   c.train.time_budget_s = 0.0

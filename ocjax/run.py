@@ -196,7 +196,7 @@ def validate(config) -> Run:
   tc, oc = config.train, config.optimizer
   checks = [("train.num_steps", tc.num_steps, 1),
             ("train.batch_size", tc.batch_size, 1),
-            ("train.grad_accum_steps", tc.grad_accum_steps, 1),
+            ("train.grad_accum_steps", tc.grad_accum_steps, 0),
             ("train.log_every", tc.log_every, 1),
             ("train.image_every", tc.image_every, 1),
             ("train.checkpoint_every", tc.checkpoint_every, 1),
@@ -216,7 +216,7 @@ def validate(config) -> Run:
   if float(tc.get("time_budget_s", 0) or 0) < 0:
     raise ConfigError(f"config.train.time_budget_s={tc.time_budget_s!r} is "
                      "invalid; expected >= 0 (0: no limit).")
-  if tc.batch_size % tc.grad_accum_steps:
+  if tc.grad_accum_steps and tc.batch_size % tc.grad_accum_steps:
     raise ConfigError(
         f"config.train.batch_size={tc.batch_size} must divide by "
         f"config.train.grad_accum_steps={tc.grad_accum_steps}.")

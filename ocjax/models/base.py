@@ -23,6 +23,10 @@ module says: the model *declares*, as class attributes,
   checkpointed and sharded like the parameters; evaluation reads them.
 * ``input_key``: ``"image"`` (``[B, H, W, 3]``) or ``"video"``
   (``[B, T, H, W, 3]``).
+* ``uses_step``: the model's arithmetic follows the training step (a
+  loss-weight warm-up, a curriculum that freezes a part): training calls get
+  ``step=`` the optimizer step (int32 scalar, the same for every
+  micro-batch); other calls get ``step=None`` (the schedules' end).
 
 and optionally implements ``sample(num, *, noise=None) -> SampleOutput``
 (scenes from its prior). ``dummy_batch`` gives inputs of the right shape
@@ -102,6 +106,7 @@ class ObjectCentricModel(nn.Module):
   reported_segmentation: ClassVar[str] = "masks"
   mutable_collections: ClassVar[tuple[str, ...]] = ()
   input_key: ClassVar[str] = "image"
+  uses_step: ClassVar[bool] = False
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""

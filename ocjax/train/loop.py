@@ -139,11 +139,12 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   run_lib.check_workdir_config(config, workdir)
   data_pipelines.configure_tensorflow()
   tc = config.train
-  if tc.batch_size % (jax.process_count() * tc.grad_accum_steps):
-    raise ValueError(
+  accum = step_lib.resolve_grad_accum(tc, model=run.model)
+  if tc.batch_size % (jax.process_count() * accum):
+    raise run_lib.ConfigError(
         f"train.batch_size={tc.batch_size} must divide by the number of "
-        f"processes ({jax.process_count()}) times "
-        f"train.grad_accum_steps={tc.grad_accum_steps}.")
+        f"processes ({jax.process_count()}) times the micro-batches "
+        f"({accum}; train.grad_accum_steps={tc.grad_accum_steps}).")
 
   # --- mesh
   mesh = mesh_lib.make_mesh()
@@ -179,9 +180,9 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   else:
     n = sum(x.size for x in jax.tree.leaves(state.params))
     writers.log("Starting %s from scratch: %d parameters, %d steps of "
-                "batch %d on %d device(s).\n%s", config.model.name, n,
-                tc.num_steps, tc.batch_size, mesh.size,
-                writers.parameter_table(state.params))
+                "batch %d (%d micro-batch(es)) on %d device(s).\n%s",
+                config.model.name, n, tc.num_steps, tc.batch_size, accum,
+                mesh.size, writers.parameter_table(state.params))
 
   # --- input
   ds = data_pipelines.get_dataset(config.data, "train",
@@ -192,7 +193,7 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   # --- compiled step
   train_step = step_lib.make_train_step(
       run.model, run.objective, run.tx, seed=config.seed,
-      grad_accum_steps=tc.grad_accum_steps,
+      grad_accum_steps=accum,
       state_sharding=mesh_lib.replicated(mesh),
       batch_sharding=batch_sharding)
   vis_batch = example_batch(config, "test", size=8)

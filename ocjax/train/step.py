@@ -73,6 +73,37 @@ def create_state(variables, tx, objective) -> TrainState:
                     objective_state=objective.init(), model_state=variables)
 
 
+# On a CPU a step is computed as micro-batches of this many images per device
+# when train.grad_accum_steps is 0 (auto): XLA's CPU convolutions run up to
+# twice as fast per image on small batches (README, "Speed").
+CPU_MICROBATCH = 4
+
+
+def resolve_grad_accum(train_config: Any, batch_size: int | None = None, *,
+                       model=None, num_devices: int | None = None,
+                       backend: str | None = None) -> int:
+  """The micro-batches per step: ``train.grad_accum_steps``, or with 0
+  (auto) on a CPU the most that keep ``CPU_MICROBATCH`` images per device
+  (and divide the batch), elsewhere 1. Models with batch statistics
+  (mutable collections) are never split automatically: micro-batches would
+  change their arithmetic, not only its speed."""
+  a = int(train_config.grad_accum_steps)
+  if a > 0:
+    return a
+  if model is not None and tuple(model.mutable_collections):
+    return 1
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return 1
+  b = int(batch_size or train_config.batch_size)
+  per_device = b // (num_devices or jax.device_count())
+  best = 1
+  for a in range(1, per_device + 1):
+    if per_device % a == 0 and per_device // a >= CPU_MICROBATCH:
+      best = a
+  return best
+
+
 def _global_norm(tree) -> Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
                       for x in jax.tree.leaves(tree)))
@@ -92,19 +123,22 @@ def make_train_step(model, objective, tx, *, seed: int,
   seed_key = purpose_key(seed, "train")
   streams = tuple(model.rng_streams)
   mutable = tuple(model.mutable_collections)
+  uses_step = bool(getattr(model, "uses_step", False))
 
-  def apply(params, model_state, batch, key):
+  def apply(params, model_state, batch, key, step):
     """``(outputs, new model_state)`` of one training call."""
     variables = {"params": params, **model_state}
     rngs = stream_rngs(key, streams)
+    kwargs = {"step": step} if uses_step else {}
     if mutable:
       outputs, updated = model.apply(variables, batch, rngs=rngs, train=True,
-                                     mutable=list(mutable))
+                                     mutable=list(mutable), **kwargs)
       return outputs, dict(model_state, **updated)
-    return model.apply(variables, batch, rngs=rngs, train=True), model_state
+    return (model.apply(variables, batch, rngs=rngs, train=True, **kwargs),
+            model_state)
 
-  def loss_fn(params, model_state, batch, objective_state, key):
-    outputs, model_state = apply(params, model_state, batch, key)
+  def loss_fn(params, model_state, batch, objective_state, key, step):
+    outputs, model_state = apply(params, model_state, batch, key, step)
     loss, new_objective_state, metrics = objective(outputs, objective_state)
     return loss, (new_objective_state, model_state, metrics)
 
@@ -124,7 +158,7 @@ def make_train_step(model, objective, tx, *, seed: int,
       i, mb = inputs
       (_, (_, model_state, metrics)), grads = grad_fn(
           state.params, model_state, mb, state.objective_state,
-          jax.random.fold_in(key, i))
+          jax.random.fold_in(key, i), state.step)
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
       return (grads_sum, metrics_sum, model_state), None
@@ -133,9 +167,9 @@ def make_train_step(model, objective, tx, *, seed: int,
     zeros_g = jax.tree.map(jnp.zeros_like, state.params)
     _, (_, _, metrics0) = jax.eval_shape(
         loss_fn, state.params, state.model_state, first,
-        state.objective_state, key)
+        state.objective_state, key, state.step)
     output_shapes = jax.eval_shape(
-        lambda p, m, b: apply(p, m, b, key)[0], state.params,
+        lambda p, m, b: apply(p, m, b, key, state.step)[0], state.params,
         state.model_state, first)
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
     # Unrolled: XLA's CPU backend runs a rolled loop around the whole model
@@ -158,7 +192,8 @@ def make_train_step(model, objective, tx, *, seed: int,
     key = jax.random.fold_in(seed_key, state.step)
     if grad_accum_steps == 1:
       (_, (objective_state, model_state, metrics)), grads = grad_fn(
-          state.params, state.model_state, batch, state.objective_state, key)
+          state.params, state.model_state, batch, state.objective_state, key,
+          state.step)
     else:
       grads, objective_state, model_state, metrics = accumulate(
           state, batch, key)
