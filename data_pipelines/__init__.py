@@ -174,8 +174,12 @@ def iterate(ds):
 
 
 def configure_tensorflow() -> None:
-  """Keeps TensorFlow off accelerators and quiet (DESIGN.md)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Keeps TensorFlow off accelerators and quiet (DESIGN.md); nothing to do
+  where it is not installed (the procedural datasets need none)."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialised.

@@ -41,12 +41,18 @@ Each concept the dataset modules share lives here once:
   `write_tfrecord`.
 
 TensorFlow is imported on first use (`tf`): generator worker processes that
-import this module never touch it.
+import this module never touch it. Where TensorFlow is not installed (e.g. an
+accelerator machine without it), `make_dataset` streams the same batches
+through `NumpyStream`, a bounded ordered thread pool, so the procedural
+datasets and the trainer need no TensorFlow; only the readers of file
+datasets (`indexed_dataset`, TFRecords) do.
 """
 
 from __future__ import annotations
 
 import ast
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -334,8 +340,65 @@ def stream_options(config: Any) -> StreamOptions:
 def tf():
   """TensorFlow, kept off accelerators (imported on first use)."""
   data_pipelines.configure_tensorflow()
-  import tensorflow  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        "This dataset is read with TensorFlow, which is not installed: "
+        "pip install tensorflow-cpu (the procedural datasets need none)."
+    ) from None
   return tensorflow
+
+
+@functools.cache
+def tensorflow_installed() -> bool:
+  """Whether TensorFlow can be imported (else `make_dataset` streams with
+  `NumpyStream`)."""
+  try:
+    tf()
+  except ImportError:
+    return False
+  return True
+
+
+class NumpyStream:
+  """`make_dataset`'s batches without TensorFlow, in the same order.
+
+  ``load(step)`` runs on a private pool of ``num_parallel_calls`` threads
+  with at most ``num_parallel_calls + prefetch`` batches in flight (the
+  NumPy renderers release the GIL in their array work); batches come out in
+  step order, so the stream is the one tf.data gives.
+  """
+
+  def __init__(self, load: Callable[[int], dict[str, np.ndarray]],
+               steps: Iterable[int], options: StreamOptions, context: str):
+    self._load = load
+    self._steps = steps
+    self._options = options
+    self._ocjax_context = context
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    workers = self._options.num_parallel_calls
+    window = max(1, workers + self._options.prefetch)
+    steps = iter(self._steps)
+    pending = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix="ocjax-data")
+    try:
+      for step in steps:
+        pending.append(pool.submit(self._load, step))
+        if len(pending) >= window:
+          break
+      while pending:
+        batch = pending.popleft().result()
+        step = next(steps, None)
+        if step is not None:
+          pending.append(pool.submit(self._load, step))
+        yield batch
+    finally:
+      for f in pending:
+        f.cancel()
+      pool.shutdown(wait=False, cancel_futures=True)
 
 
 def graph_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -386,6 +449,9 @@ def iterate(ds) -> Iterator[dict[str, np.ndarray]]:
   this re-raises it as a `DatasetReadError` with the dataset's context and
   TensorFlow's first line, without the TensorFlow traceback.
   """
+  if isinstance(ds, NumpyStream):
+    yield from ds
+    return
   tf_ = tf()
   context = getattr(ds, "_ocjax_context", "the dataset")
   it = ds.as_numpy_iterator()
@@ -480,7 +546,6 @@ def make_dataset(load_rows: Callable[[np.ndarray, np.ndarray],
   options = StreamOptions(
       check_int(options.num_parallel_calls, "num_parallel_calls", 1),
       check_int(options.prefetch, "prefetch", 0))
-  tf_ = tf()
   names = sorted(features)
   rows = functools.partial(
       step_rows, n=n, split=sid, batch_size=batch_size, seed=seed,
@@ -508,6 +573,21 @@ def make_dataset(load_rows: Callable[[np.ndarray, np.ndarray],
                          f"{(local,) + f.shape}.")
       arrays.append(a)
     return tuple(arrays) + (valid,)
+
+  if repeat:
+    steps = range(start_step, np.iinfo(np.int64).max)
+  else:
+    steps = range(start_step, -(-n // batch_size))
+  if not tensorflow_installed():
+    def numpy_batch(step):
+      out = _load(*rows(step))
+      batch = dict(zip(names, out))
+      if not repeat:
+        batch["valid"] = out[-1]
+      return batch
+    return NumpyStream(numpy_batch, steps, options, f"the {split} split")
+
+  tf_ = tf()
 
   def to_batch(step):
     out = tf_.numpy_function(

@@ -212,6 +212,52 @@ def test_make_dataset_shapes_valid_and_resume():
   np.testing.assert_array_equal(first["x"][:, 0], _rows(7, 5, 2)[0])
 
 
+@pytest.mark.parametrize("options", [stream.StreamOptions(1, 0),
+                                     stream.StreamOptions(3, 2)])
+def test_numpy_stream_is_the_tf_stream(monkeypatch, options):
+  """Without TensorFlow, `make_dataset` gives the same batches in order."""
+  feats = {"x": stream.Feature((2,), np.float32),
+           "y": stream.Feature((), np.int32)}
+
+  def load(indices, valid):
+    return {"x": np.stack([indices, indices * valid], -1).astype(np.float32),
+            "y": (indices * 7 % 5).astype(np.int32)}
+
+  def batches(**kw):
+    ds = stream.make_dataset(load, feats, n=9, batch_size=4, seed=3,
+                             process_index=0, process_count=1,
+                             options=options, **kw)
+    it = stream.iterate(ds)
+    return [next(it) for _ in range(5)] if kw["repeat"] else list(it)
+
+  runs = []
+  for installed in (True, False):
+    monkeypatch.setattr(stream, "tensorflow_installed", lambda i=installed: i)
+    runs.append([batches(split="train", start_step=2, repeat=True),
+                 batches(split="test", start_step=0, repeat=False)])
+  assert runs[1][1][-1]["valid"].tolist() == [True, False, False, False]
+  for tf_run, np_run in zip(*runs):
+    assert len(tf_run) == len(np_run)
+    for a, b in zip(tf_run, np_run):
+      assert sorted(a) == sorted(b)
+      for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_numpy_stream_raises_the_loader_error(monkeypatch):
+  monkeypatch.setattr(stream, "tensorflow_installed", lambda: False)
+
+  def load(indices, valid):
+    raise OSError("disk gone")
+
+  ds = stream.make_dataset(load, {"x": stream.Feature((), np.float32)}, n=4,
+                           split="train", batch_size=2, seed=0, start_step=0,
+                           process_index=0, process_count=1, repeat=True)
+  with pytest.raises(OSError, match="disk gone"):
+    next(stream.iterate(ds))
+
+
 def test_make_dataset_rejects_bad_arguments():
   feats = {"x": stream.Feature((1,), np.float32)}
   load = lambda i, v: {"x": np.zeros((len(i), 1), np.float32)}

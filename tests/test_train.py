@@ -223,6 +223,30 @@ def _cli(*args):
                         timeout=300)
 
 
+def test_trainer_runs_the_procedural_default_without_tensorflow(tmp_path):
+  """An accelerator machine without TensorFlow trains, evaluates and logs."""
+  code = ("import runpy, sys\n"
+          "sys.modules['tensorflow'] = None  # import tensorflow fails\n"
+          "sys.argv = ['ocjax.main', *sys.argv[1:]]\n"
+          "runpy.run_module('ocjax.main', run_name='__main__')\n"
+          "assert 'tensorflow' not in sys.modules or "
+          "sys.modules['tensorflow'] is None\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+      [sys.executable, "-c", code,
+       "--config=experiments/genesis_v2.py:quick,smoke,tiny",
+       f"--workdir={tmp_path}", "--config.train.num_steps=2",
+       "--config.train.log_every=1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "TensorFlow is not installed" in r.stderr
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")
+           if "loss" in json.loads(l)]
+  assert steps == [1, 2]
+  assert os.listdir(tmp_path / "checkpoints")
+  assert not os.path.exists(tmp_path / "tb")
+
+
 def test_cli_rejects_unknown_config_field(tmp_path):
   r = _cli("--config=experiments/genesis_v2.py:quick", f"--workdir={tmp_path}",
            "--config.model.num_slot=5")
@@ -346,3 +370,66 @@ def test_batch_statistics_live_in_the_train_state(tmp_path):
        "batch_stats": jax.tree.map(jnp.zeros_like, state.model_state[
            "batch_stats"])}, batch, train=False)
   assert not np.allclose(out.recon, manual.recon)
+
+
+def test_micro_batches_are_chosen_automatically():
+  """grad_accum_steps = 0: micro-batches of 4 images per device on a CPU,
+  none elsewhere, none for models with batch statistics."""
+  import types  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  auto = types.SimpleNamespace(grad_accum_steps=0, batch_size=32)
+  resolve = step_lib.resolve_grad_accum
+  assert resolve(auto, 32, num_devices=1, backend="cpu") == 8
+  assert resolve(auto, 8, num_devices=1, backend="cpu") == 2
+  assert resolve(auto, 4, num_devices=1, backend="cpu") == 1
+  assert resolve(auto, 32, num_devices=8, backend="cpu") == 1
+  assert resolve(auto, 24, num_devices=1, backend="cpu") == 6
+  assert resolve(auto, 32, num_devices=1, backend="gpu") == 1
+  with_stats = types.SimpleNamespace(mutable_collections=("batch_stats",))
+  assert resolve(auto, 32, num_devices=1, backend="cpu",
+                 model=with_stats) == 1
+  fixed = types.SimpleNamespace(grad_accum_steps=3, batch_size=6)
+  assert resolve(fixed, 6, backend="gpu") == 3
+
+
+def test_models_that_use_the_step_receive_it():
+  """uses_step: training calls get the optimizer step (before its update),
+  the same for every micro-batch; other models get no step argument."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from ocjax.models import base  # pylint: disable=g-import-not-at-top
+  from ocjax.objectives import weighted_sum  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  class Warmup(base.ObjectCentricModel):
+    uses_step = True
+
+    @nn.compact
+    def __call__(self, batch, *, train=True, step=None):
+      x = batch["image"]
+      b = x.shape[0]
+      w = self.param("w", nn.initializers.ones, ())
+      seen = jnp.full((b,), -1.0 if step is None else step, jnp.float32)
+      return base.ModelOutput(
+          recon=x * w, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
+          components=x[:, None] * w,
+          losses={"fit": jnp.mean((x * w - x) ** 2, axis=(1, 2, 3)),
+                  "seen_step": jax.lax.stop_gradient(seen)},
+          latents=jnp.zeros((b, 1, 1)), segmentations={})
+
+  model, objective, tx = Warmup(), weighted_sum.WeightedSum(), optax.sgd(0.1)
+  batch = {"image": jnp.ones((4, 2, 2, 3))}
+  for accum in (1, 2):
+    state = step_lib.create_state(step_lib.init_variables(model, batch, 0),
+                                  tx, objective)
+    train_step = step_lib.make_train_step(model, objective, tx, seed=0,
+                                          grad_accum_steps=accum)
+    seen = []
+    for _ in range(3):
+      state, metrics = train_step(state, batch)
+      seen.append(float(metrics["seen_step"]))
+    assert seen == [0.0, 1.0, 2.0], (accum, seen)
+  # Evaluation calls: no step.
+  out = model.apply(state.variables(), batch, train=False)
+  assert float(out.losses["seen_step"][0]) == -1.0

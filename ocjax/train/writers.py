@@ -25,25 +25,32 @@ class Writer:
     self._jsonl = None
     if not enabled:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self._tf = tf
-    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
                        encoding="utf-8")
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.warning("TensorFlow is not installed: no TensorBoard events; "
+                      "the scalars go to %s only.",
+                      os.path.join(workdir, "metrics.jsonl"))
+      return
+    self._tf = tf
+    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 
   def scalars(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
-    with self._tb.as_default(step=step):
-      for k, v in scalars.items():
-        self._tf.summary.scalar(k, float(v))
+    if self._tb is not None:
+      with self._tb.as_default(step=step):
+        for k, v in scalars.items():
+          self._tf.summary.scalar(k, float(v))
     self._jsonl.write(json.dumps(
         {"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
     self._jsonl.flush()
 
   def images(self, step: int, images: dict[str, np.ndarray]) -> None:
     """``images[name]``: ``[H, W, 3]`` float in [0, 1] or uint8."""
-    if not self.enabled:
+    if self._tb is None:
       return
     with self._tb.as_default(step=step):
       for k, v in images.items():
@@ -54,20 +61,22 @@ class Writer:
 
   def text(self, step: int, texts: dict[str, str]) -> None:
     """Markdown texts in TensorBoard's Text tab (e.g. the run's config)."""
-    if not self.enabled:
+    if self._tb is None:
       return
     with self._tb.as_default(step=step):
       for k, v in texts.items():
         self._tf.summary.text(k, v)
 
   def flush(self) -> None:
-    if self.enabled:
+    if self._tb is not None:
       self._tb.flush()
+    if self._jsonl is not None:
       self._jsonl.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if self._tb is not None:
       self._tb.close()
+    if self._jsonl is not None:
       self._jsonl.close()
 
 
