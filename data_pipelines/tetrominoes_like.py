@@ -4,7 +4,8 @@ A procedural analogue of DeepMind's Tetrominoes (multi_object_datasets:
 35x35 images of three tetrominoes on black): ``num_objects`` tetrominoes,
 each one of the 19 fixed orientations of the seven pieces (I, O, T, S, Z,
 J, L), built of ``block_size`` x ``block_size`` pixel squares in one of
-``num_colours`` flat colours (red, green, blue, yellow, magenta, cyan), placed
+``num_colours`` flat colours (red, green, blue, yellow, magenta, cyan; with
+``distinct_colours`` no two pieces of a scene share one), placed
 at any pixel position on a black background, never overlapping and at least
 ``gap`` pixels apart (so pieces of one colour never merge). The segmentation is
 exact: int32 ``[H, W]``, 0 = background, pieces 1..n.
@@ -60,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.block_size = 4  # Pixels per tetromino cell (a piece spans <= 4 cells).
   c.gap = 1  # Minimum pixels between two pieces.
   c.num_colours = 6  # The first n of red, green, blue, yellow, magenta, cyan.
+  # Every piece of a scene in a different colour (DeepMind's may repeat one;
+  # pieces never touch, so a repeat is never ambiguous, only harder).
+  c.distinct_colours = False
   c.num_train = 60_000
   c.num_validation = 1_000
   c.num_test = 1_000
@@ -81,9 +85,13 @@ def _spec(config: Any) -> dict[str, Any]:
   if colours > len(COLOURS):
     raise ValueError(f"data.num_colours={colours} is invalid; expected at "
                      f"most {len(COLOURS)}.")
-  return dict(size=size, block=block, colours=colours,
-              num_objects=stream.int_field(config, "num_objects", 1,
-                                           default=3),
+  distinct = bool(stream.field(config, "distinct_colours", False))
+  num_objects = stream.int_field(config, "num_objects", 1, default=3)
+  if distinct and num_objects > colours:
+    raise ValueError(f"data.distinct_colours needs data.num_colours >= "
+                     f"data.num_objects; got {colours} < {num_objects}.")
+  return dict(size=size, block=block, colours=colours, distinct=distinct,
+              num_objects=num_objects,
               gap=stream.int_field(config, "gap", 0, default=1),
               content_seed=stream.field(config, "content_seed", 0))
 
@@ -108,6 +116,8 @@ def render_example(spec: dict[str, Any], seed: int, split_id: int,
   rng = np.random.default_rng([_DATASET_TAG, stream.seed_word(content),
                                split_id, int(index)])
   s, gap = spec["size"], spec["gap"]
+  colour_ids = (rng.permutation(spec["colours"])[:spec["num_objects"]]
+                if spec["distinct"] else None)
   # Pixels a new piece may not touch: earlier pieces grown by the gap.
   blocked = np.zeros((s, s), bool)
   for label in range(1, spec["num_objects"] + 1):
@@ -120,7 +130,8 @@ def render_example(spec: dict[str, Any], seed: int, split_id: int,
         break
     else:  # The scene is full: fewer pieces (never in the default setting).
       break
-    colour = COLOURS[rng.integers(spec["colours"])]
+    colour = COLOURS[colour_ids[label - 1] if spec["distinct"]
+                     else rng.integers(spec["colours"])]
     window = (slice(top, top + h), slice(left, left + w))
     image[window][mask] = colour
     seg[window][mask] = label

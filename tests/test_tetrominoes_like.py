@@ -101,6 +101,16 @@ def test_resume_sharding_and_padding():
   assert np.all(batches[1]["image"][4:] == 0)
 
 
+def test_distinct_colours():
+  config = _config(distinct_colours=True)
+  batch = _first(config, "test", batch_size=12)
+  for x, s in zip(batch["image"], batch["segmentation"]):
+    colours = {tuple(x[s == label][0]) for label in (1, 2, 3)}
+    assert len(colours) == 3
+  with pytest.raises(ValueError, match="distinct_colours"):
+    _first(_config(distinct_colours=True, num_colours=2), "train")
+
+
 def test_bad_fields_are_named():
   with pytest.raises(ValueError, match="block_size"):
     _first(_config(block_size=9), "train")
