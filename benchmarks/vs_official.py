@@ -1,0 +1,264 @@
+r"""GENESIS-V2 against the official PyTorch implementation, side by side.
+
+    python benchmarks/vs_official.py --official_dir=DIR [--batch=8,32] \
+        [--rounds=7] [--inference] [--grad_accum=auto] [--threads=0]
+
+``DIR`` is a checkout of the official code (never copied into this
+repository; it is imported from there):
+
+    git clone --recursive https://github.com/applied-ai-lab/genesis DIR
+    pip install torch             # (or .[torch])
+
+Both sides build GENESIS-V2 with the paper's configuration (64x64, K = 7,
+feat_dim 64, Gaussian kernel, semi-convolutions, autoregressive prior,
+sigma_x 0.7), take the same random images, and time a training step
+(forward, GECO loss, backward, Adam update) or, with ``--inference``, a
+forward pass. The timings alternate, ours then theirs, for ``--rounds``
+rounds after two warm-up rounds (ours also compiles then), so both see the
+same machine state; the table gives each side's median and the ratio
+ours / official per round as median [min, max]. Also printed: the FLOPs of
+our compiled step (XLA's count), the fraction of the machine's peak it
+achieves (the faster of a large matmul and a large convolution, measured in
+the same run), and the same for the official step (torch's FlopCounterMode
+count; it counts matmuls and convolutions only, so it is a lower bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+HOW_TO_GET = """\
+The official implementation is not part of ocjax (it is not ours to copy):
+  git clone --recursive https://github.com/applied-ai-lab/genesis DIR
+  pip install torch               # PyTorch is an optional extra: .[torch]
+then: python benchmarks/vs_official.py --official_dir=DIR"""
+
+
+def _ensure_attrdict() -> None:
+  """The official code imports ``attrdict``, whose last release does not
+  import on Python >= 3.10 (``collections.Mapping``): stand in a dict with
+  attribute access, all the official code uses of it."""
+  try:
+    import attrdict  # pylint: disable=g-import-not-at-top,unused-import
+    return
+  except Exception:  # pylint: disable=broad-except
+    pass
+  import types  # pylint: disable=g-import-not-at-top
+
+  class AttrDict(dict):
+    def __getattr__(self, name):
+      try:
+        return self[name]
+      except KeyError:
+        raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+      self[name] = value
+
+  module = types.ModuleType("attrdict")
+  module.AttrDict = AttrDict
+  sys.modules["attrdict"] = module
+
+
+def official_model(official_dir: str, *, image_size: int, num_slots: int):
+  """The official GenesisV2 module (imported from ``official_dir``)."""
+  for path in (official_dir, os.path.join(official_dir, "forge")):
+    if path not in sys.path:
+      sys.path.insert(0, path)
+  _ensure_attrdict()
+  from attrdict import AttrDict  # pylint: disable=g-import-not-at-top
+  import models.genesisv2_config as official  # pylint: disable=g-import-not-at-top
+  cfg = AttrDict(K_steps=num_slots, img_size=image_size, feat_dim=64,
+                 kernel="gaussian", semiconv=True, dynamic_K=False,
+                 klm_loss=False, detach_mr_in_klm=True, debug=False,
+                 multi_gpu=False, pixel_bound=True, autoreg_prior=True,
+                 pixel_std1=0.7, pixel_std2=0.7)
+  return official.GenesisV2(cfg)
+
+
+def official_step(model, images, *, inference: bool):
+  """A closure running one official training step (or forward pass)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  optimiser = torch.optim.Adam(model.parameters(), 1e-4)
+  beta = 1.0  # GECO's beta enters as a constant factor of the step.
+
+  def train():
+    optimiser.zero_grad()
+    _, losses, _, _, _ = model(x)
+    err = losses.err.mean(0)
+    kl_l = torch.stack(losses.kl_l_k, dim=1).mean(dim=0).sum()
+    loss = err + beta * kl_l
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
+
+  def forward():
+    with torch.no_grad():
+      _, losses, _, _, _ = model(x)
+    return float(losses.err.mean())
+
+  return forward if inference else train
+
+
+def our_step(images, *, image_size: int, num_slots: int, inference: bool,
+             grad_accum: int | str):
+  """A closure running our jitted training step (or forward pass); returns
+  it and XLA's FLOP count of the compiled computation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = run_lib.load_experiment("experiments/genesis_v2.py")
+  with config.unlocked():
+    common.set_fields(config, {"data.image_size": image_size,
+                               "model.num_slots": num_slots,
+                               "train.batch_size": len(images)})
+    if grad_accum != "auto":
+      config.train.grad_accum_steps = int(grad_accum)
+  run = run_lib.build(config)
+  state = run.init_state()
+  batch = {"image": jax.numpy.asarray(images)}
+  if inference:
+    fn = run.apply_fn("eval")
+    flops = _flops(fn.lower(state.variables(), batch).compile())
+    return (lambda: jax.block_until_ready(
+        fn(state.variables(), batch).losses)), flops, 1
+  accum = step_lib.resolve_grad_accum(config.train, len(images))
+  train_step = step_lib.make_train_step(
+      run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum)
+  # The micro-batches are an unrolled loop: XLA counts every one.
+  flops = _flops(train_step.lower(state, batch).compile())
+  box = [state]
+
+  def step():
+    box[0], metrics = train_step(box[0], batch)
+    return float(metrics["loss"])
+
+  return step, flops, accum
+
+
+def official_flops(step) -> float:
+  """FLOPs of one official step, counted by torch's FlopCounterMode."""
+  from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
+  counter = flop_counter.FlopCounterMode(display=False)
+  with counter:
+    step()
+  return float(counter.get_total_flops())
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def measured_peak() -> float:
+  """FLOP/s of the faster of a large matmul and a large convolution."""
+  import jax  # pylint: disable=g-import-not-at-top
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(lambda a: a @ a)
+  x = jax.random.normal(jax.random.key(1), (8, 64, 64, 128))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 128, 128))
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  best = 0.0
+  for fn, args, flops in ((mm, (a,), 2 * n**3),
+                          (conv, (x, w), 2 * 8 * 64 * 64 * 128 * 128 * 9)):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(5):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - t)
+    best = max(best, flops / float(np.median(times)))
+  return best
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--official_dir", default=os.environ.get("GENESIS_OFFICIAL"))
+  p.add_argument("--batch", default="8,32")
+  p.add_argument("--rounds", type=int, default=7)
+  p.add_argument("--image_size", type=int, default=64)
+  p.add_argument("--num_slots", type=int, default=7)
+  p.add_argument("--inference", action="store_true")
+  p.add_argument("--grad_accum", default="auto",
+                 help="our micro-batches: 'auto' (the trainer's default) or N")
+  p.add_argument("--threads", type=int, default=0,
+                 help="torch intra-op threads (0: torch's default)")
+  args = p.parse_args(argv)
+  if not args.official_dir or not os.path.isdir(
+      os.path.join(args.official_dir, "models")):
+    print(HOW_TO_GET, file=sys.stderr)
+    return 2
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print(HOW_TO_GET, file=sys.stderr)
+    return 2
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  warnings.filterwarnings("ignore", category=UserWarning,
+                          module=r"torch\..*")
+  import jax  # pylint: disable=g-import-not-at-top
+  what = "forward pass" if args.inference else "training step"
+  peak = measured_peak()
+  print(f"GENESIS-V2 {what}, {args.image_size}x{args.image_size}, "
+        f"K={args.num_slots}, float32; CPU: jax {jax.__version__} on "
+        f"{jax.device_count()} {jax.default_backend()} device(s), torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads; "
+        f"measured peak {peak / 1e9:.0f} GFLOP/s")
+  head = (f"{'batch':>5s} {'ours s':>8s} {'official s':>10s} "
+          f"{'ratio median [min, max]':>26s} {'GFLOP ours':>10s} "
+          f"{'of peak':>8s} {'GFLOP official':>14s} {'of peak':>8s} "
+          f"{'micro-batches':>13s}")
+  print(head)
+  rng = np.random.default_rng(0)
+  for b in [int(v) for v in args.batch.split(",")]:
+    images = rng.uniform(size=(b, args.image_size, args.image_size, 3)
+                         ).astype(np.float32)
+    torch.manual_seed(0)
+    theirs = official_step(official_model(
+        args.official_dir, image_size=args.image_size,
+        num_slots=args.num_slots), images, inference=args.inference)
+    ours, flops, accum = our_step(
+        images, image_size=args.image_size, num_slots=args.num_slots,
+        inference=args.inference, grad_accum=args.grad_accum)
+    for _ in range(2):  # Warm-up (and our compilation).
+      ours()
+      theirs()
+    their_flops = official_flops(theirs)
+    t_ours, t_theirs = [], []
+    for _ in range(args.rounds):
+      t_ours.append(_timed(ours))
+      t_theirs.append(_timed(theirs))
+    ratios = np.asarray(t_ours) / np.asarray(t_theirs)
+    mo, mt = float(np.median(t_ours)), float(np.median(t_theirs))
+    print(f"{b:5d} {mo:8.3f} {mt:10.3f} "
+          f"{np.median(ratios):9.2f}x [{ratios.min():.2f}, "
+          f"{ratios.max():.2f}]{'':5s} {flops / 1e9:10.1f} "
+          f"{flops / mo / peak:8.1%} {their_flops / 1e9:14.1f} "
+          f"{their_flops / mt / peak:8.1%} {accum:13d}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
