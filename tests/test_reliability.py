@@ -177,7 +177,7 @@ def test_one_trainer_per_workdir(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ({"model.num_slots": 0}, "num_slots"),
     ({"optimizer.learning_rate": 0.0}, "learning_rate"),
-    ({"train.grad_accum_steps": 0}, "grad_accum_steps"),
+    ({"train.grad_accum_steps": -1}, "grad_accum_steps"),
     ({"train.log_every": 0}, "log_every"),
     ({"train.checkpoint_every": 0}, "checkpoint_every"),
     ({"train.num_steps": 0}, "num_steps"),

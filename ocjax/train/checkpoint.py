@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
+import warnings
 from typing import Any
 
 import jax
@@ -76,10 +78,15 @@ class Checkpointer:
     """Saves ``state`` as the latest checkpoint (and a periodic one if due)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
+    # One async save at a time: two managers saving together start the same
+    # named barrier twice in a multi-process run (orbax refuses: "Barrier
+    # ... set_value_start is already ongoing").
     if step not in self._latest.all_steps():
+      self._periodic.wait_until_finished()
       self._latest.save(step, args=args, force=True)
     if self.keep_every > 0 and step % self.keep_every == 0:
       if step not in self._periodic.all_steps():
+        self._latest.wait_until_finished()
         self._periodic.save(step, args=args, force=True)
 
   def wait(self) -> None:
@@ -140,6 +147,7 @@ class Checkpointer:
         "files or start a new --workdir.")
 
   def _restore_copy(self, mngr, step: int, abstract_state: Any):
+    _quiet_abandoned_reads()
     where = os.path.join(str(mngr.directory), str(step))
     meta_file = os.path.join(where, "meta", "metadata")
     try:
@@ -175,6 +183,44 @@ class Checkpointer:
     return state, meta
 
 
+def _from_orbax_reads(unraisable) -> bool:
+  """Whether an unraisable exception is one of orbax's abandoned reads."""
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and "orbax" in code.co_filename:
+    return True
+  exc = unraisable.exc_value
+  return (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+          and unraisable.object is None)
+
+
+class _QuietAbandonedReads:
+  """``sys.unraisablehook`` without orbax's abandoned reads.
+
+  When one array of a damaged checkpoint fails to read, orbax abandons the
+  reads still in flight; each holds the same failure, and Python prints them
+  (one traceback each, a hundred for one checkpoint) whenever they are
+  collected, long after the damage was reported once and the checkpoint
+  skipped. Everything else goes to the previous hook.
+  """
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    if not _from_orbax_reads(unraisable):
+      self.previous(unraisable)
+
+
+def _quiet_abandoned_reads() -> None:
+  if not isinstance(sys.unraisablehook, _QuietAbandonedReads):
+    sys.unraisablehook = _QuietAbandonedReads(sys.unraisablehook)
+    # The reads that had not started yet, collected as never awaited.
+    warnings.filterwarnings(
+        "ignore", category=RuntimeWarning,
+        message="coroutine '_read_array_index_and_device_put' was never "
+        "awaited")
+
+
 class CheckpointMismatchError(CheckpointError):
   """A checkpoint holds another model (or another configuration of it)."""
 
@@ -205,12 +251,25 @@ def _saved_leaves(state_dir: str):
   except (OSError, ValueError, KeyError, TypeError) as e:
     why = "no tree_metadata" if isinstance(e, KeyError) else _first_line(e)
     raise CheckpointDamagedError(f"{path} is unreadable ({why})") from e
+  # The global shapes come from orbax's metadata: _METADATA's write_shape is
+  # the slice one writer wrote (replicas of a multi-process run split a
+  # replicated array between them).
+  try:
+    tree_meta = ocp.StandardCheckpointHandler().metadata(
+        pathlib.Path(state_dir))
+    leaves, _ = jax.tree_util.tree_flatten_with_path(
+        getattr(tree_meta, "tree", tree_meta))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointDamagedError(
+        f"the metadata of {state_dir} is unreadable ({_first_line(e)})") from e
+  shapes = {tuple(_key_name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in leaves if hasattr(leaf, "shape")}
   out = {}
   for entry in tree.values():
     key = tuple(str(k["key"]) for k in entry["key_metadata"])
     value = entry.get("value_metadata", {})
     out[key] = (None if value.get("skip_deserialize")
-                else tuple(value.get("write_shape", ())))
+                else shapes.get(key, tuple(value.get("write_shape", ()))))
   return out
 
 
