@@ -67,6 +67,12 @@ def base_config(*, model: ml_collections.ConfigDict,
   # Stop (and checkpoint) after this many seconds of training; 0: no limit.
   # The same command continues the run.
   c.train.time_budget_s = 0.0
+  # Trace these training steps with the JAX profiler into <workdir>/tb
+  # (TensorBoard's Profile tab): "N" or "FIRST-LAST"; "": none.
+  c.train.profile_steps = ""
+  # Also log to Weights & Biases (pip install wandb): the project; "" = off.
+  c.train.wandb_project = ""
+  c.train.wandb_mode = "online"  # or "offline" (sync later: wandb sync)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

@@ -184,6 +184,25 @@ class Run:
     return sample
 
 
+def profile_window(train_config) -> tuple[int, int] | None:
+  """``train.profile_steps`` ("N" or "FIRST-LAST", 1-based training steps)
+  as ``(first, last)``, or None when empty."""
+  spec = str(train_config.get("profile_steps", "") or "").strip()
+  if not spec:
+    return None
+  try:
+    first, _, last = spec.partition("-")
+    window = int(first), int(last or first)
+  except ValueError:
+    window = (0, 0)
+  if not 1 <= window[0] <= window[1]:
+    raise ConfigError(
+        f"config.train.profile_steps={spec!r} is invalid; expected a step "
+        "'N' or a range 'FIRST-LAST' of training steps (1-based), e.g. "
+        "'100-104'.")
+  return window
+
+
 def validate(config) -> Run:
   """Checks a config before anything is written; returns its `Run`.
 
@@ -216,6 +235,19 @@ def validate(config) -> Run:
   if float(tc.get("time_budget_s", 0) or 0) < 0:
     raise ConfigError(f"config.train.time_budget_s={tc.time_budget_s!r} is "
                      "invalid; expected >= 0 (0: no limit).")
+  profile_window(tc)  # Raises a ConfigError naming the field.
+  mode = tc.get("wandb_mode", "online")
+  if mode not in ("online", "offline"):
+    raise ConfigError(f"config.train.wandb_mode={mode!r} is invalid; "
+                      "expected 'online' or 'offline'.")
+  if tc.get("wandb_project", ""):
+    try:
+      import wandb  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise ConfigError(
+          f"config.train.wandb_project={tc.wandb_project!r} asks for Weights "
+          "& Biases, which is not installed: pip install wandb (or leave "
+          "train.wandb_project empty).") from None
   if tc.grad_accum_steps and tc.batch_size % tc.grad_accum_steps:
     raise ConfigError(
         f"config.train.batch_size={tc.batch_size} must divide by "

@@ -433,3 +433,76 @@ def test_models_that_use_the_step_receive_it():
   # Evaluation calls: no step.
   out = model.apply(state.variables(), batch, train=False)
   assert float(out.losses["seen_step"][0]) == -1.0
+
+
+def test_profile_steps_trace_into_tensorboard(tmp_path):
+  config = tiny_config(3, **{"train.profile_steps": "2-3"})
+  loop.train(config, str(tmp_path))
+  traces = [f for _, _, files in os.walk(tmp_path / "tb" / "plugins")
+            for f in files if f.endswith(".xplane.pb")]
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("spec", ["0", "5-2", "x", "1-2-3"])
+def test_bad_profile_steps_are_named(tmp_path, spec):
+  config = tiny_config(3, **{"train.profile_steps": spec})
+  with pytest.raises(run_lib.ConfigError, match="profile_steps"):
+    loop.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+class _FakeWandb:
+  """Records what the writer sends to W&B (no wandb package, no network)."""
+
+  def __init__(self):
+    self.inits, self.logs, self.finished = [], [], 0
+    fake = self
+
+    class Run:
+      def log(self, data, step):
+        fake.logs.append((step, dict(data)))
+
+      def finish(self):
+        fake.finished += 1
+
+    class Util:
+      @staticmethod
+      def generate_id():
+        return f"id{len(fake.inits)}"
+
+    self.Run, self.util = Run, Util
+
+  def init(self, **kwargs):
+    self.inits.append(kwargs)
+    return self.Run()
+
+  @staticmethod
+  def Image(array):  # pylint: disable=invalid-name
+    return ("image", np.asarray(array).shape)
+
+
+def test_wandb_sink_logs_and_resumes_its_run(tmp_path, monkeypatch):
+  fake = _FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  fields = {"train.wandb_project": "ocjax-tests", "train.wandb_mode": "offline",
+            "train.image_every": 2}
+  loop.train(tiny_config(2, **fields), str(tmp_path))
+  (first,) = fake.inits
+  assert first["project"] == "ocjax-tests" and first["mode"] == "offline"
+  assert first["config"]["model"]["name"] == "genesis_v2"
+  assert [s for s, d in fake.logs if "loss" in d] == [1, 2]
+  assert any(isinstance(v, tuple) and v[0] == "image"
+             for _, d in fake.logs for v in d.values())
+  assert fake.finished == 1
+  loop.train(tiny_config(3, **fields), str(tmp_path))  # Resumes: same run.
+  assert fake.inits[1]["id"] == first["id"]
+  assert fake.inits[1]["resume"] == "allow"
+  assert [s for s, d in fake.logs if "loss" in d] == [1, 2, 3]
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)
+  config = tiny_config(2, **{"train.wandb_project": "p"})
+  with pytest.raises(run_lib.ConfigError, match="pip install wandb"):
+    loop.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")

@@ -207,12 +207,12 @@ def evaluate_state(run: run_lib.Run, workdir: str, state, step: int,
               results.get("num_images", 0), results["split"], path,
               format_table(results))
   grid = _write_best_worst_grid(run, workdir, variables, step, per_image)
-  _log_to_history(workdir, step, results, grid)
+  _log_to_history(workdir, step, results, grid, run.config)
   return results
 
 
 def _log_to_history(workdir: str, step: int, results: dict[str, Any],
-                    grid: str | None) -> None:
+                    grid: str | None, config: Any = None) -> None:
   """The scores as ``eval/...`` scalars in TensorBoard and metrics.jsonl,
   and the best/median/worst grid as a TensorBoard image (process 0)."""
   if jax.process_index() != 0:
@@ -220,7 +220,7 @@ def _log_to_history(workdir: str, step: int, results: dict[str, Any],
   scalars = {f"eval/{k}": float(v) for k, v in results.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)
              and k != "step"}
-  writer = writers.Writer(workdir)
+  writer = writers.Writer(workdir, config=config)
   try:
     writer.scalars(step, scalars)
     if grid:

@@ -197,12 +197,15 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       state_sharding=mesh_lib.replicated(mesh),
       batch_sharding=batch_sharding)
   vis_batch = example_batch(config, "test", size=8)
-  writer = writers.Writer(workdir, enabled=jax.process_index() == 0)
+  writer = writers.Writer(workdir, enabled=jax.process_index() == 0,
+                          config=config)
   writer.text(start, {"config": "```\n" + config.to_json_best_effort(
       indent=2) + "\n```", "parameters": "```\n" + writers.parameter_table(
           state.params, depth=2) + "\n```"})
 
   # --- loop
+  profile = run_lib.profile_window(tc)
+  tracing = False
   progress = writers.Progress(start, tc.num_steps)
   budget = float(tc.get("time_budget_s", 0) or 0)
   finite = jnp.bool_(True)
@@ -212,6 +215,9 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   step = start
   try:
     while step < tc.num_steps:
+      if profile and step + 1 == profile[0] and jax.process_index() == 0:
+        jax.profiler.start_trace(os.path.join(workdir, "tb"))
+        tracing = True
       batch = next(batches)
       device_batch = mesh_lib.to_global(run_lib.model_inputs(batch),
                                         batch_sharding)
@@ -224,6 +230,12 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       finite = finite & jnp.isfinite(metrics["loss"]) & jnp.isfinite(
           metrics["grad_norm"])
       step += 1
+      if tracing and step >= profile[1]:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        tracing = False
+        writers.log("Profiled steps %d-%d: TensorBoard's Profile tab of %s.",
+                    profile[0], step, os.path.join(workdir, "tb"))
 
       train_seconds = seconds_before + progress.elapsed()
       out_of_time = budget > 0 and train_seconds >= budget
@@ -287,8 +299,11 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
                     budget)
         break
   finally:
+    if tracing:
+      jax.profiler.stop_trace()
     checkpointer.close()
     writer.close()
+    writers.finish_wandb(workdir)
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 

@@ -1,7 +1,10 @@
 """Where training reports go: TensorBoard, a JSON-lines log and the console.
 
 Only process 0 writes. ``<workdir>/metrics.jsonl`` has one JSON object per
-log step (machine-readable); TensorBoard events go to ``<workdir>/tb``.
+log step (machine-readable); TensorBoard events go to ``<workdir>/tb``; with
+``train.wandb_project`` set, the same scalars, images and the config also go
+to Weights & Biases (imported only then; one W&B run per workdir, resumed
+with it).
 """
 
 from __future__ import annotations
@@ -16,15 +19,72 @@ import numpy as np
 from absl import logging
 
 
-class Writer:
-  """Scalars and images to TensorBoard and ``metrics.jsonl``."""
+def wandb_settings(config: Any) -> dict[str, str] | None:
+  """``train.wandb_project`` / ``wandb_mode`` of a config (None: off)."""
+  tc = config.get("train", {}) if hasattr(config, "get") else {}
+  project = str(tc.get("wandb_project", "") or "")
+  if not project:
+    return None
+  mode = str(tc.get("wandb_mode", "online") or "online")
+  if mode not in ("online", "offline"):
+    raise ValueError(f"config.train.wandb_mode={mode!r} is invalid; expected "
+                     "'online' or 'offline'.")
+  return {"project": project, "mode": mode}
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+
+_WANDB_RUNS: dict[str, Any] = {}
+
+
+def _wandb_run(workdir: str, settings: dict[str, str], config: Any):
+  """This process's W&B run of ``workdir`` (initialised once; its id is kept
+  in ``<workdir>/wandb_id`` so a resumed training run continues it)."""
+  key = os.path.abspath(workdir)
+  if key in _WANDB_RUNS:
+    return _WANDB_RUNS[key]
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        "config.train.wandb_project is set but wandb is not installed: pip "
+        "install wandb (or leave train.wandb_project empty).") from None
+  id_file = os.path.join(workdir, "wandb_id")
+  if os.path.exists(id_file):
+    with open(id_file, encoding="utf-8") as f:
+      run_id = f.read().strip()
+  else:
+    run_id = wandb.util.generate_id()
+    with open(id_file, "w", encoding="utf-8") as f:
+      f.write(run_id + "\n")
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+  run = wandb.init(project=settings["project"], mode=settings["mode"],
+                   dir=workdir, id=run_id, resume="allow", config=cfg,
+                   name=os.path.basename(key))
+  _WANDB_RUNS[key] = run
+  return run
+
+
+def finish_wandb(workdir: str) -> None:
+  """Ends this process's W&B run of ``workdir`` (if any)."""
+  run = _WANDB_RUNS.pop(os.path.abspath(workdir), None)
+  if run is not None:
+    run.finish()
+
+
+class Writer:
+  """Scalars and images to TensorBoard and ``metrics.jsonl`` (and W&B when
+  the config asks for it)."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               config: Any = None):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
+    self._wandb = None
     if not enabled:
       return
+    settings = wandb_settings(config) if config is not None else None
+    if settings:
+      self._wandb = _wandb_run(workdir, settings, config)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
                        encoding="utf-8")
     try:
@@ -47,9 +107,15 @@ class Writer:
     self._jsonl.write(json.dumps(
         {"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
     self._jsonl.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: float(v) for k, v in scalars.items()}, step=step)
 
   def images(self, step: int, images: dict[str, np.ndarray]) -> None:
     """``images[name]``: ``[H, W, 3]`` float in [0, 1] or uint8."""
+    if self._wandb is not None:
+      import wandb  # pylint: disable=g-import-not-at-top
+      self._wandb.log({k: wandb.Image(np.asarray(v)) for k, v in
+                       images.items()}, step=step)
     if self._tb is None:
       return
     with self._tb.as_default(step=step):
