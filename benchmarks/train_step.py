@@ -9,10 +9,8 @@ median of ``--steps`` runs, and prints seconds per step, images per second,
 the FLOPs of the compiled step (XLA's cost analysis), the achieved FLOP/s, and
 that as a fraction of a peak measured in the same run (the faster of a large
 matmul and a large convolution). Comparable across machines: the fraction of
-peak, and the ratio to the official implementation's time on the machine
-where its reference figures were taken (``--reference``, seconds per step;
-defaults to the figures of the 2-core development CPU, torch 2.13, default
-allocator: 8.3 s at batch 32, 1.25 s at batch 8; inference 2.5 s / 0.42 s).
+peak. For the ratio to the official implementation, timed in the same run,
+see ``benchmarks/vs_official.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +25,6 @@ import optax
 
 from ocjax.models import genesis_v2
 from ocjax.train import step as step_lib
-
-REFERENCE = {("train", 32): 8.3, ("train", 8): 1.25,
-             ("inference", 32): 2.5, ("inference", 8): 0.42}
-
 
 def _time(fn, *args, steps: int) -> float:
   out = fn(*args)  # warm-up
@@ -108,14 +102,8 @@ def main():
                  help="compile and report XLA's memory estimate, no timing")
   p.add_argument("--plain", action="store_true",
                  help="zero-dilated transposed convolutions (XLA's default)")
-  p.add_argument("--reference", default="",
-                 help="official implementation's s/step, e.g. 8:1.25,32:8.3")
   args = p.parse_args()
   kind = "inference" if args.inference else "train"
-  ref = dict(REFERENCE)
-  for item in filter(None, args.reference.split(",")):
-    b, s = item.split(":")
-    ref[(kind, int(b))] = float(s)
 
   if args.memory_only:
     for batch in (int(b) for b in args.batch.split(",")):
@@ -138,7 +126,7 @@ def main():
         f"{f', {args.grad_accum} micro-batches' if args.grad_accum > 1 else ''}"
         f"{', plain deconvolutions' if args.plain else ''}")
   header = (f"{'batch':>5s} {'s/step':>8s} {'img/s':>7s} {'GFLOP/step':>11s} "
-            f"{'GFLOP/s':>8s} {'of peak':>7s} {'vs official':>11s}")
+            f"{'GFLOP/s':>8s} {'of peak':>7s}")
   print(header)
   for batch in (int(b) for b in args.batch.split(",")):
     fn, fn_args = build(args, batch)
@@ -158,10 +146,8 @@ def main():
           times.append(time.perf_counter() - t)
       seconds = float(np.median(times))
     rate = flops / seconds
-    r = ref.get((kind, batch))
-    vs = f"{seconds / r:10.2f}x" if r else f"{'-':>11s}"
     print(f"{batch:5d} {seconds:8.3f} {batch / seconds:7.1f} "
-          f"{flops / 1e9:11.1f} {rate / 1e9:8.1f} {rate / best:7.1%} {vs}")
+          f"{flops / 1e9:11.1f} {rate / 1e9:8.1f} {rate / best:7.1%}")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ Curriculum training (CT, Sec. 4.2), two runs:
         --config.data.data_dir=DIR --config.model.background_weights=bg.npz \
         --workdir=runs/ast
 
-The phase follows the training step (the model's own counter, see
-`ocjax.models.ast_seg`). Differences from the official training loop: it
+The phase follows the training step (the optimizer step, which the trainer
+passes to models that declare ``uses_step``; see `ocjax.models.ast_seg`). Differences from the official training loop: it
 starts phase 3 with a fresh Adam state for every network, here the
 background autoencoder's moments start from zero while the others continue.
 
