@@ -64,6 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Every piece of a scene in a different colour (DeepMind's may repeat one;
   # pieces never touch, so a repeat is never ambiguous, only harder).
   c.distinct_colours = False
+  # Also give each scene's background (black) as batch["background"]: what a
+  # model whose background is learned beforehand (AST-Seg's curriculum) reads.
+  c.with_background = False
   c.num_train = 60_000
   c.num_validation = 1_000
   c.num_test = 1_000
@@ -172,11 +175,18 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
       if ok:
         render_example(spec, seed, split_id, int(index), images[row],
                        segs[row])
-    return {"image": images, "segmentation": segs}
+    out = {"image": images, "segmentation": segs}
+    if with_background:
+      out["background"] = np.zeros_like(images)
+    return out
 
+  features = {"image": stream.Feature((s, s, 3), np.float32),
+              "segmentation": stream.Feature((s, s), np.int32)}
+  with_background = bool(stream.field(config, "with_background", False))
+  if with_background:
+    features["background"] = stream.Feature((s, s, 3), np.float32)
   return stream.make_dataset(
-      load_rows, {"image": stream.Feature((s, s, 3), np.float32),
-                  "segmentation": stream.Feature((s, s), np.int32)},
+      load_rows, features,
       n=num_examples(config, split), split=split, batch_size=batch_size,
       seed=seed, start_step=start_step, process_index=process_index,
       process_count=process_count, repeat=repeat,

@@ -111,6 +111,18 @@ def test_distinct_colours():
     _first(_config(distinct_colours=True, num_colours=2), "train")
 
 
+def test_with_background_gives_the_black_background():
+  plain = _first(_config(), "test", batch_size=4)
+  batch = _first(_config(with_background=True), "test", batch_size=4)
+  assert "background" not in plain
+  assert batch["background"].shape == batch["image"].shape
+  np.testing.assert_array_equal(batch["image"], plain["image"])
+  # The background is what the scene shows where no piece is.
+  bg = batch["segmentation"] == 0
+  np.testing.assert_array_equal(batch["background"][bg], batch["image"][bg])
+  assert not batch["background"].any()
+
+
 def test_bad_fields_are_named():
   with pytest.raises(ValueError, match="block_size"):
     _first(_config(block_size=9), "train")
