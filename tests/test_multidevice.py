@@ -25,7 +25,7 @@ import test_train
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "multidevice_worker.py")
-pytestmark = pytest.mark.multidevice
+pytestmark = [pytest.mark.multidevice, pytest.mark.slow]
 
 
 def _env(num_devices):

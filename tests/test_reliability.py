@@ -235,6 +235,7 @@ def test_a_changed_batch_size_is_refused(trained, tmp_path):
   del config
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops(tmp_path):
   """A SIGTERM during step 3: the step finishes, is saved, and training
   stops with a message; the same command resumes to the end."""

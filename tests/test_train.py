@@ -223,6 +223,7 @@ def _cli(*args):
                         timeout=300)
 
 
+@pytest.mark.slow
 def test_trainer_runs_the_procedural_default_without_tensorflow(tmp_path):
   """An accelerator machine without TensorFlow trains, evaluates and logs."""
   code = ("import runpy, sys\n"
@@ -481,6 +482,7 @@ class _FakeWandb:
     return ("image", np.asarray(array).shape)
 
 
+@pytest.mark.slow
 def test_wandb_sink_logs_and_resumes_its_run(tmp_path, monkeypatch):
   fake = _FakeWandb()
   monkeypatch.setitem(sys.modules, "wandb", fake)
