@@ -106,17 +106,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     # learning curve.
     c.data.image_size = 32
     c.model.num_slots = 6
-    c.train.batch_size = 8
-    c.train.grad_accum_steps = 4
-    c.train.num_steps = 3_000
-    c.train.log_every = 100
-    c.train.image_every = 500
-    c.train.checkpoint_every = 250
-    c.train.keep_every = 1_000
-    c.train.eval_every = 1_000
-    c.eval.num_examples = 320
-    c.eval.batch_size = 32
-    c.optimizer.learning_rate = 4e-4
+    common.apply_quick_schedule(c, grad_accum_steps=4)
     c.sample.num = 16
   elif preset in ("objects_room", "shapestacks", "sketchy", "apc"):
     _real_dataset(c, preset)

@@ -115,17 +115,7 @@ def apply_quick(c: ml_collections.ConfigDict, num_slots: int = 6,
   K = 6, batch 8, 3,000 steps at learning rate 4e-4 (genesis_v2.py:quick)."""
   c.data.image_size = 32
   c.model.num_slots = num_slots
-  c.train.batch_size = 8
-  c.train.grad_accum_steps = grad_accum_steps
-  c.train.num_steps = 3_000
-  c.train.log_every = 100
-  c.train.image_every = 500
-  c.train.checkpoint_every = 250
-  c.train.keep_every = 1_000
-  c.train.eval_every = 1_000
-  c.eval.num_examples = 320
-  c.eval.batch_size = 32
-  c.optimizer.learning_rate = 4e-4
+  common.apply_quick_schedule(c, grad_accum_steps=grad_accum_steps)
   c.sample.num = 16
 
 

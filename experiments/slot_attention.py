@@ -141,17 +141,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.decoder_channels = (32, 32, 4)
     c.model.decoder_kernel_sizes = (5, 5, 3)
     c.model.decoder_strides = (2, 2, 1)
-    c.train.batch_size = 8
-    c.train.grad_accum_steps = 1
-    c.train.num_steps = 3_000
-    c.train.log_every = 100
-    c.train.image_every = 500
-    c.train.checkpoint_every = 250
-    c.train.keep_every = 1_000
-    c.train.eval_every = 1_000
-    c.eval.num_examples = 320
-    c.eval.batch_size = 32
-    c.optimizer.learning_rate = 4e-4
+    common.apply_quick_schedule(c, grad_accum_steps=1)
     c.optimizer.warmup_steps = 300
     c.optimizer.decay_steps = 0
   elif preset in ("objects_room", "multi_dsprites", "tetrominoes", "clevr6"):
