@@ -508,3 +508,12 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
   with pytest.raises(run_lib.ConfigError, match="pip install wandb"):
     loop.train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_bad_wandb_mode_is_named(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", _FakeWandb())
+  config = tiny_config(2, **{"train.wandb_project": "p",
+                             "train.wandb_mode": "sometimes"})
+  with pytest.raises(run_lib.ConfigError, match="wandb_mode"):
+    loop.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")

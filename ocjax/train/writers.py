@@ -25,11 +25,9 @@ def wandb_settings(config: Any) -> dict[str, str] | None:
   project = str(tc.get("wandb_project", "") or "")
   if not project:
     return None
-  mode = str(tc.get("wandb_mode", "online") or "online")
-  if mode not in ("online", "offline"):
-    raise ValueError(f"config.train.wandb_mode={mode!r} is invalid; expected "
-                     "'online' or 'offline'.")
-  return {"project": project, "mode": mode}
+  # run.validate checked the mode (online or offline) and the import.
+  return {"project": project,
+          "mode": str(tc.get("wandb_mode", "online") or "online")}
 
 
 _WANDB_RUNS: dict[str, Any] = {}
