@@ -52,3 +52,19 @@ def mask_kl(log_m: Array, log_pi: Array, floor: float = 1e-5) -> Array:
   pi = pi / jnp.sum(pi, axis=1, keepdims=True)
   kl_pixel = jnp.sum(m * (jnp.log(m) - jnp.log(pi)), axis=1)  # [B, H, W, 1]
   return jnp.sum(kl_pixel, axis=(1, 2, 3))
+
+
+def gaussian_kl(q_mu: Array, q_log_sigma: Array, p_mu: Array | float = 0.0,
+                p_log_sigma: Array | float = 0.0) -> Array:
+  """Analytic ``KL(N(q_mu, q_sigma^2) || N(p_mu, p_sigma^2))``, summed over
+  the last axis (diagonal Gaussians; the KL of paper 004 Eq. 3).
+
+  ``log(p_sigma / q_sigma) + (q_sigma^2 + (q_mu - p_mu)^2) / (2 p_sigma^2)
+  - 1/2`` per dimension.
+  """
+  p_mu = jnp.asarray(p_mu, jnp.result_type(q_mu))
+  p_log_sigma = jnp.asarray(p_log_sigma, jnp.result_type(q_mu))
+  var_ratio = jnp.exp(2.0 * (q_log_sigma - p_log_sigma))
+  mean_term = ((q_mu - p_mu) * jnp.exp(-p_log_sigma)) ** 2
+  kl = p_log_sigma - q_log_sigma + 0.5 * (var_ratio + mean_term) - 0.5
+  return jnp.sum(kl, axis=-1)
