@@ -19,7 +19,8 @@ Presets, ``--config=experiments/iodine.py:<preset>``:
   clevr6          K = 7, 128x128 CLEVR with masks (--config.data.data_dir=DIR),
                   the refinement network of IODINE's CLEVR configuration
                   (four stride-2 3x3 convolutions, a global average, a dense
-                  layer and an LSTM of 256) and 5 refinements (R = 6).
+                  layer and an LSTM of 256) and R = 5 refinements (IODINE's CLEVR6
+                  configuration).
 Options may follow the preset, comma-separated: ``tiny`` (a minute model on
 32x32 data, for tests) and ``smoke`` (a few steps). Any field can be
 overridden: ``--config.model.num_refinements=4``.
@@ -66,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.refine_pool = 4
   model.refine_mlp_size = 128
   model.hidden_size = 128  # App. C
-  model.scan_unroll = 0  # 0: the R - 1 refinement steps unrolled (CPU speed)
+  model.scan_unroll = 0  # 0: the R refinements unrolled (CPU speed)
   model.dtype = "float32"
 
   # Objective: beta NLL + psi KL, each summed over the steps with r / R.
@@ -103,8 +104,9 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.refine_strides = (2, 2, 2)
     c.model.refine_pool = 0
     c.model.refine_mlp_size = 128
-    c.model.num_refinements = 4
-    common.apply_quick_schedule(c, grad_accum_steps=1)
+    c.model.num_refinements = 3
+    # Micro-batches of 4 (automatic): 0.41 s per step here, 0.54 s without.
+    common.apply_quick_schedule(c, grad_accum_steps=0)
     c.optimizer.learning_rate = 3e-4
   elif preset in DATASETS:
     from data_pipelines import multi_object  # pylint: disable=g-import-not-at-top
@@ -116,6 +118,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.image_size = c.data.get_ref("image_size")
     c.model.num_slots = k
     if preset == "clevr6":
+      c.model.num_refinements = 5
       if "max_objects" in c.data:
         c.data.max_objects = 6
       c.model.refine_strides = (2, 2, 2, 2)
@@ -132,7 +135,7 @@ def _apply_option(c: ml_collections.ConfigDict, option: str) -> None:
         c.data[field] = value
     c.model.num_slots = 3
     c.model.latent_size = 8
-    c.model.num_refinements = 3
+    c.model.num_refinements = 2
     c.model.decoder_channels = (16, 16)
     c.model.refine_channels = (16, 16)
     c.model.refine_strides = (2, 2)

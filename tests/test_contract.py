@@ -154,9 +154,12 @@ def trained(built, tmp_path_factory):
 def test_trainer_checkpoints_and_figures(trained):
   config, workdir, metrics = trained
   assert np.isfinite(metrics["loss"])
-  assert os.path.exists(os.path.join(workdir, "images",
-                                     "reconstruction_latest.png"))
   run, state = run_lib.restore(workdir)
+  # Images: a reconstruction grid; videos: a strip over time and a GIF.
+  figures = (("reconstruction_latest.png",) if run.model.input_key == "image"
+             else ("video_latest.png", "video_latest.gif"))
+  for name in figures:
+    assert os.path.exists(os.path.join(workdir, "images", name)), name
   assert int(state.step) == config.train.num_steps
   assert base.can_sample(run.model) == os.path.exists(
       os.path.join(workdir, "images", "samples_latest.png"))

@@ -129,7 +129,7 @@ def tiny():
   rng = np.random.default_rng(0)
   image = rng.random((2, 32, 32, 3)).astype(np.float32)
   m = run.model
-  noise = rng.normal(size=(m.num_refinements, 2, m.num_slots,
+  noise = rng.normal(size=(m.num_refinements + 1, 2, m.num_slots,
                            m.latent_size)).astype(np.float32)
   return run, state.variables(), image, noise
 
@@ -142,8 +142,8 @@ def test_steps_weighted_r_over_r(tiny):
   run, variables, image, noise = tiny
   out = _apply(run, variables, image, noise)
   r = run.model.num_refinements
-  assert out.aux["nll_steps"].shape == (2, r)
-  w = np.arange(1, r + 1) / r
+  assert out.aux["nll_steps"].shape == (2, r + 1)
+  w = np.arange(r + 1) / r  # 0 for lambda_0, 1 for the output
   np.testing.assert_allclose(out.losses["nll"], out.aux["nll_steps"] @ w,
                              rtol=1e-6)
   np.testing.assert_allclose(out.losses["kl"], out.aux["kl_steps"] @ w,
@@ -162,13 +162,16 @@ def test_refinement_moves_the_posterior(tiny):
   out = _apply(run, variables, image, noise)
   lambda_0 = np.asarray(variables["params"]["lambda_0"])
   assert not np.allclose(out.aux["lambda"], lambda_0, atol=1e-3)
-  # With R = 1 nothing is refined: the posterior is lambda_0.
+  # R = 1: lambda_0 scored (weight 0), refined once, the result is the
+  # output (weight 1); the first score is the longer run's first.
   one = _tiny(num_refinements=1)
-  out1 = one.model.apply(variables, {"image": image}, noise=noise[:1])
-  np.testing.assert_allclose(out1.aux["lambda"],
-                             np.broadcast_to(lambda_0, out1.aux["lambda"].shape))
-  np.testing.assert_allclose(out1.losses["nll"], out.aux["nll_steps"][:, 0],
-                             rtol=1e-5)
+  out1 = one.model.apply(variables, {"image": image}, noise=noise[:2])
+  np.testing.assert_allclose(out1.aux["nll_steps"][:, 0],
+                             out.aux["nll_steps"][:, 0], rtol=1e-5)
+  np.testing.assert_allclose(out1.aux["nll_steps"][:, 1],
+                             out.aux["nll_steps"][:, 1], rtol=1e-5)
+  np.testing.assert_allclose(out1.losses["nll"], out1.aux["nll_steps"][:, 1],
+                             rtol=1e-6)
 
 
 def test_slot_order_equivariance(tiny):
@@ -201,7 +204,7 @@ class TestGradients(chex.TestCase):
     variables = run.init_state().variables()
     rng = np.random.default_rng(1)
     image = rng.random((2, 32, 32, 3)).astype(np.float32)
-    noise = rng.normal(size=(3, 2, 3, 8)).astype(np.float32)
+    noise = rng.normal(size=(3, 2, 3, 8)).astype(np.float32)  # R + 1 = 3
 
     @self.variant
     def loss(params):
@@ -225,6 +228,6 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match="model.refine_channels"):
     _tiny(refine_strides=(2,)).init_state()
   run = _tiny()
-  with pytest.raises(ValueError, match=r"\[R, B, K, L\]"):
+  with pytest.raises(ValueError, match=r"\[R \+ 1, B, K, L\]"):
     run.model.init(jax.random.key(0), {"image": np.zeros((1, 32, 32, 3))},
-                   noise=np.zeros((2, 1, 3, 8)))
+                   noise=np.zeros((2, 1, 3, 8)))  # R + 1 = 3

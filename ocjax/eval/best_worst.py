@@ -30,6 +30,7 @@ import data_pipelines
 from ocjax import run as run_lib
 from ocjax.metrics import segmentation as seg_metrics
 from ocjax.viz import grids
+from ocjax.viz import video as video_viz
 
 GROUPS = ("best", "median", "worst")
 _BANNER_COLOURS = {"best": (40, 150, 60), "median": (110, 110, 110),
@@ -108,7 +109,7 @@ def fetch_rows(config, positions, *, split: str, batch_size: int,
   random draws it saw during evaluation.
 
   Returns:
-    ``image``, ``segmentation`` and, with ``apply``, ``recon``, ``masks``,
+    ``image`` (or ``video``), ``segmentation`` and, with ``apply``, ``recon``, ``masks``,
     ``components`` and ``seg/<name>`` per segmentation, rows in the order of
     ``positions``.
   """
@@ -128,8 +129,8 @@ def fetch_rows(config, positions, *, split: str, batch_size: int,
              **{f"seg/{k}": v for k, v in res.segmentations.items()}}
     for p in positions[positions // batch_size == b]:
       r = int(p % batch_size)
-      row = {k: np.asarray(batch[k][r]) for k in ("image", "segmentation")
-             if k in batch}
+      row = {k: np.asarray(batch[k][r])
+             for k in ("image", "video", "segmentation") if k in batch}
       row.update({k: np.asarray(v[r]) for k, v in out.items()})
       rows[int(p)] = row
   keys = rows[int(positions[0])].keys() if len(positions) else ()
@@ -141,8 +142,9 @@ def write_grid(run: run_lib.Run, workdir: str, step: int, variables,
                metric: str = "ari_fg") -> str | None:
   """Writes the best/median/worst grid and its JSON; returns the PNG path.
 
-  Returns None (and writes nothing) when there are no per-image ``metric``
-  scores or no images (e.g. a video dataset).
+  Rows are images (a reconstruction grid) or clips (video strips). Returns
+  None (and writes nothing) when there are no per-image ``metric`` scores or
+  no ground truth.
   """
   if not per_image or "position" not in per_image:
     return None
@@ -165,18 +167,26 @@ def write_grid(run: run_lib.Run, workdir: str, step: int, variables,
     idx = picks[group]
     ex = fetch_rows(config, positions[idx], split=ec.split,
                     batch_size=ec.batch_size, apply=apply, params=variables)
-    if "image" not in ex or np.ndim(ex["image"]) != 4:
+    key_in = model.input_key
+    if key_in not in ex or "segmentation" not in ex:
       return None
+    segmentations = {name: ex[f"seg/{name}"]
+                     for name in model.segmentation_names}
     # The score of the refetched rows, as a check that they are the ones
-    # that were ranked.
-    check = seg_metrics.segmentation_metrics(
-        ex[f"seg/{seg_name}"], ex["segmentation"])[metric]
-    tiles[group] = grids.reconstruction_grid(
-        ex["image"], ex["recon"],
-        segmentations={name: ex[f"seg/{name}"]
-                       for name in model.segmentation_names},
-        masks=ex["masks"], components=ex["components"],
-        segmentation=ex["segmentation"], max_rows=len(idx))
+    # that were ranked (a clip is scored as the runner scores it).
+    if key_in == "video":
+      masks, truth = seg_metrics.stack_time(ex[f"seg/{seg_name}"],
+                                            ex["segmentation"])
+      tiles[group] = video_viz.strip(
+          ex["video"], ex["recon"], segmentations, ex["masks"],
+          ex["components"], ex["segmentation"], max_clips=len(idx))
+    else:
+      masks, truth = ex[f"seg/{seg_name}"], ex["segmentation"]
+      tiles[group] = grids.reconstruction_grid(
+          ex["image"], ex["recon"], segmentations=segmentations,
+          masks=ex["masks"], components=ex["components"],
+          segmentation=ex["segmentation"], max_rows=len(idx))
+    check = seg_metrics.segmentation_metrics(masks, truth)[metric]
     values = ", ".join(f"{s:.3f}" for s in scores[idx])
     captions[group] = f"{group} {metric}: {values}"
     record["groups"][group] = [

@@ -60,9 +60,7 @@ def make_eval_fn(run: run_lib.Run, mode: str):
     for name, masks in out.segmentations.items():
       if masks.ndim == 6:  # Video [B, T, K, H, W, 1]: one score per clip,
         # with time stacked along the height (a slot is one track over time).
-        b, t, k, h, w, _ = masks.shape
-        masks = jnp.moveaxis(masks, 2, 1).reshape(b, k, t * h, w, 1)
-        truth = segmentation.reshape(b, t * h, w)
+        masks, truth = seg_metrics.stack_time(masks, segmentation)
       else:
         truth = segmentation
       scores = seg_metrics.segmentation_metrics(

@@ -358,6 +358,16 @@ def segmentation_metrics(masks, true, *,
 # ---------------------------------------------------------------------------
 
 
+def stack_time(masks, true):
+  """A clip as one image, time stacked along the height (a slot is then one
+  track: swapping objects between frames costs). ``masks [B, T, K, H, W,
+  1]``, ``true [B, T, H, W]`` -> ``[B, K, T H, W, 1]``, ``[B, T H, W]``."""
+  b, t, k, h, w = jnp.shape(masks)[:5]
+  masks = jnp.moveaxis(masks, 2, 1).reshape(b, k, t * h, w, -1)
+  return masks, jnp.reshape(true, (b, t * h, w))
+
+
+
 @functools.partial(
     jax.jit, static_argnames=("num_pred_labels", "num_true_labels"))
 def _video_contingency(pred: Array, true: Array, num_pred_labels: int,

@@ -8,24 +8,26 @@ The static model of paper 004 (Sec. 3.1), its baseline:
   the mixture ``sum_k m_ik N(x_i; mu_ik, sigma^2 I)`` with a fixed sigma.
 * Inference (Eq. 2): the posterior ``lambda_k = (mu, log sigma)`` starts at a
   learned ``lambda_0`` shared by all slots (initialised from U(-0.5, 0.5),
-  paper 004 App. C; the slots differ by their samples) and is refined:
-  at each of the R steps r = 1..R a sample ``z_r ~ q_lambda_r`` is decoded
-  and scored; for r < R, IODINE's inputs (`ocjax.nn.iterative_inference`)
-  and the refinement network with its LSTM give
-  ``lambda_{r+1} = lambda_r + f_phi(a, h_{r-1})``. The R-th decode is the
-  model's output (paper 004 Fig. 2a: the last cell needs no refinement, so
-  none is computed).
-* Objective (paper 004 Eq. 3, one frame): the per-step ELBO weighted by
-  ``r / R``: ``sum_r (r / R) [beta NLL_r + psi KL(q_lambda_r || N(0, I))]``.
-  The model returns the weighted terms ``nll`` and ``kl``; the objective
-  multiplies them by ``beta`` and ``psi`` (``nll_weight``, ``kl_weight``,
-  which also weigh the loss whose gradient is a refinement input).
+  paper 004 App. C; the slots differ by their samples) and is refined R
+  times: refinement r = 0..R-1 decodes a sample ``z_r ~ q_lambda_r``, scores
+  it, and IODINE's inputs (`ocjax.nn.iterative_inference`) with the
+  refinement network's LSTM give ``lambda_{r+1} = lambda_r + f_phi(a,
+  h_{r-1})``; the last posterior ``lambda_R`` is decoded once more, without
+  refinement, into the model's output (paper 004 Fig. 2a: R light cells and
+  the dark cell of the final reconstruction).
+* Objective (paper 004 Eq. 3, one frame): the ELBO of every posterior
+  weighted by ``r / R``, r = 0..R (IODINE's official weighting,
+  ``linspace(0, 1, R + 1)``: the initial guess counts 0, the output 1):
+  ``sum_r (r / R) [beta NLL_r + psi KL(q_lambda_r || N(0, I))]``. The model
+  returns the weighted terms ``nll`` and ``kl``; the objective multiplies
+  them by ``beta`` and ``psi`` (``nll_weight``, ``kl_weight``, which also
+  weigh the loss whose gradient is a refinement input).
 
-The refinement loop is one `jax.lax.scan` (the first R - 1 steps, unrolled
-on request; the last decode follows it); slots are a batch axis of the decoder and refinement
-network (vectorised over ``B K``); the gradient w.r.t. lambda is
-``jax.grad`` through the decoder inside the loop, stopped before it enters
-the refinement network.
+The refinement loop is one `jax.lax.scan` over the R refinements (unrolled
+on request); the final decode follows it. Slots are a batch axis of the
+decoder and refinement network (vectorised over ``B K``); the gradient
+w.r.t. lambda is ``jax.grad`` through the decoder inside the loop, stopped
+before it enters the refinement network.
 
 Axis legend: B batch, K slots, R refinement steps, H height, W width,
 C channels, L latent size.
@@ -48,9 +50,10 @@ from ocjax.objectives import likelihood
 Array = jax.Array
 
 
-def refinement_weights(num_steps: int) -> Array:
-  """``r / R`` for r = 1..R: paper 004's weighting of Eq. (3)'s steps."""
-  return jnp.arange(1, num_steps + 1, dtype=jnp.float32) / num_steps
+def refinement_weights(num_refinements: int) -> Array:
+  """``r / R`` for r = 0..R: the weights of the R + 1 posteriors' ELBOs."""
+  r = num_refinements
+  return jnp.arange(r + 1, dtype=jnp.float32) / r
 
 
 class Iodine(base.ObjectCentricModel):
@@ -60,8 +63,7 @@ class Iodine(base.ObjectCentricModel):
     num_slots: K.
     image_size: H = W of the inputs.
     latent_size: L (64).
-    num_refinements: R, the ELBO evaluations (the first R - 1 are followed
-      by a refinement).
+    num_refinements: R, the refinements (R + 1 decodes).
     sigma: the likelihood's standard deviation (paper 004: variance 0.3).
     nll_weight: beta, the likelihood's weight.
     kl_weight: psi, the KL's weight.
@@ -72,7 +74,7 @@ class Iodine(base.ObjectCentricModel):
     refine_mlp_size: its dense layer after the pooling.
     hidden_size: its LSTM's size.
     scan_unroll: refinement steps unrolled per iteration of the loop; 0: all
-      R - 1 (XLA's CPU backend runs the rolled loop about 7x slower).
+      R (XLA's CPU backend runs the rolled loop about 7x slower).
     dtype: compute dtype.
   """
   num_slots: int = 5
@@ -177,7 +179,7 @@ class Iodine(base.ObjectCentricModel):
     Args:
       batch: dict with ``image`` ``[B, H, W, C]`` in [0, 1].
       train: unused; part of the protocol.
-      noise: the standard-normal posterior draws ``[R, B, K, L]`` (or
+      noise: the standard-normal posterior draws ``[R + 1, B, K, L]`` (or
         ``{"posterior_noise": ...}``), for tests; otherwise drawn from the
         ``sample`` stream.
     """
@@ -192,11 +194,11 @@ class Iodine(base.ObjectCentricModel):
     if isinstance(noise, dict):
       noise = noise.get("posterior_noise")
     if noise is None:
-      noise = jax.random.normal(self.make_rng("sample"), (steps, b, k, l),
-                                self.dtype)
-    if noise.shape != (steps, b, k, l):
-      raise ValueError(f"noise must be [R, B, K, L] = {(steps, b, k, l)}, "
-                       f"got {noise.shape}.")
+      noise = jax.random.normal(self.make_rng("sample"),
+                                (steps + 1, b, k, l), self.dtype)
+    if noise.shape != (steps + 1, b, k, l):
+      raise ValueError(f"noise must be [R + 1, B, K, L] = "
+                       f"{(steps + 1, b, k, l)}, got {noise.shape}.")
 
     lam = jnp.broadcast_to(self.lambda_0.astype(self.dtype), (b, k, 2 * l))
     state = self.refine.initial_state(b * k)
@@ -224,14 +226,14 @@ class Iodine(base.ObjectCentricModel):
 
     (lam, _), (nlls, kls, recons) = jax.lax.scan(
         refinement_step, (lam, state), noise[:-1],
-        unroll=self.scan_unroll or max(steps - 1, 1))
-    # The last step: decoded and scored, not refined.
+        unroll=self.scan_unroll or steps)
+    # The final posterior: decoded and scored, not refined.
     _, terms = self._elbo(decoder_params, x, lam, noise[-1])
     means, mask_logits = terms["means"], terms["mask_logits"]
     masks = jax.nn.softmax(mask_logits, axis=1)  # [B, K, H, W, 1]
     recon = jnp.sum(masks * means, axis=1)
-    nll_steps = jnp.concatenate([nlls, terms["nll"][None]], 0).T  # [B, R]
-    kl_steps = jnp.concatenate([kls, terms["kl"][None]], 0).T  # [B, R]
+    nll_steps = jnp.concatenate([nlls, terms["nll"][None]], 0).T  # [B, R + 1]
+    kl_steps = jnp.concatenate([kls, terms["kl"][None]], 0).T  # [B, R + 1]
     weights = refinement_weights(steps).astype(nll_steps.dtype)
     return base.ModelOutput(
         recon=recon, masks=masks, components=means,
@@ -240,7 +242,7 @@ class Iodine(base.ObjectCentricModel):
         segmentations={"masks": masks},
         aux={"nll_steps": nll_steps, "kl_steps": kl_steps,
              "lambda": lam, "recon_steps": jnp.moveaxis(jnp.concatenate(
-                 [recons, recon[None]], 0), 0, 1)})  # [B, R, H, W, C]
+                 [recons, recon[None]], 0), 0, 1)})  # [B, R + 1, H, W, C]
 
 
 MODEL = Iodine

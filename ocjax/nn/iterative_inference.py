@@ -123,7 +123,8 @@ def leave_one_out_log_likelihood(mask_logits: Array, joint: Array,
 
 
 def refinement_inputs(x: Array, means: Array, mask_logits: Array,
-                      sigma: float) -> Array:
+                      sigma: float, gradient_scale: Array | float = 1.0
+                      ) -> Array:
   """IODINE's image-shaped refinement inputs, ``[B, K, H, W, F]``.
 
   In the order of `IMAGE_INPUTS`: the image, the slot's means, mask and mask
@@ -136,6 +137,8 @@ def refinement_inputs(x: Array, means: Array, mask_logits: Array,
     means: ``[B, K, H, W, C]``.
     mask_logits: ``[B, K, H, W, 1]``.
     sigma: the likelihood's standard deviation.
+    gradient_scale: multiplies the gradient inputs (0: zeroed, as in paper
+      004's prediction of frames it does not see, Sec. 3.2.3).
   """
   x, means, mask_logits = jax.lax.stop_gradient((x, means, mask_logits))
   b, k, h, w, c = means.shape
@@ -152,8 +155,8 @@ def refinement_inputs(x: Array, means: Array, mask_logits: Array,
       jnp.asarray(layers.coordinate_grid(h, w), x.dtype), (b, k, h, w, 2))
   parts = [
       per_slot(x), means, jnp.exp(log_masks)[..., None], mask_logits,
-      posterior, normalise(grad_means, img_axes),
-      normalise(grad_masks, img_axes),
+      posterior, gradient_scale * normalise(grad_means, img_axes),
+      gradient_scale * normalise(grad_masks, img_axes),
       normalise(per_slot(log_p[..., None]), img_axes),
       normalise(loo[..., None], img_axes), coords]
   return jax.lax.stop_gradient(jnp.concatenate(parts, axis=-1))
@@ -184,15 +187,44 @@ class ConvBroadcastDecoder(nn.Module):
     return jax.nn.sigmoid(x[..., :-1]), x[..., -1:]  # means, mask logit
 
 
+class LSTM2DCell(nn.Module):
+  """The 2D-LSTM of paper 004 Eq. (4) (a uni-directional MD-LSTM, Graves et
+  al. 2007): one step from a temporal and a refinement predecessor.
+
+  ``g = W_x x + W_t h_temporal + W_r h_refinement`` (each with a bias) split
+  into the gates ``i, f, o``, the extra gate ``l`` that mixes the two cell
+  states, and the candidate; ``c = s(f) (s(l) c_temporal + (1 - s(l))
+  c_refinement) + s(i) tanh(candidate)``, ``h = s(o) tanh(c)``.
+  ``temporal`` and ``refinement`` are ``(c, h)`` pairs; returns ``(c, h)``.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, temporal, refinement, x: Array):
+    (c_t, h_t), (c_r, h_r) = temporal, refinement
+    dense = lambda name: nn.Dense(5 * self.features, dtype=self.dtype,
+                                  name=name)
+    g = dense("input")(x) + dense("temporal")(h_t) + dense("refinement")(h_r)
+    i, f, o, l, cand = jnp.split(g, 5, axis=-1)
+    mix = jax.nn.sigmoid(l)
+    c = (jax.nn.sigmoid(f) * (mix * c_t + (1.0 - mix) * c_r)
+         + jax.nn.sigmoid(i) * jnp.tanh(cand))
+    return c, jax.nn.sigmoid(o) * jnp.tanh(c)
+
+
 class RefinementNetwork(nn.Module):
-  """``f_phi`` of paper 004 Eq. (2): ``(a_img, a_vec, state) -> (dlambda,
-  state)``.
+  """``f_phi`` of paper 004 Eqs. (2) and (4): ``(a_img, a_vec, state
+  [, temporal]) -> (dlambda, state)``.
 
   The image inputs ``[N, H, W, F]`` go through 3x3 convolutions with ELU
   (``strides``), average pooling (``pool`` x ``pool`` windows, flattened;
   0: the global mean) and a dense ELU layer; the result, concatenated with
   the vector inputs ``[N, V]`` (lambda and its normalised gradient), feeds
-  an LSTM (``state = (c, h)``); a dense head gives ``dlambda [N, 2L]``.
+  the recurrent core: an LSTM (``state = (c, h)``, IODINE) or, given the
+  ``temporal`` state ``(c, h)`` of the previous frame, the 2D-LSTM of
+  Eq. (4) (the video model); a dense head gives ``dlambda [N, 2L]``. A
+  module uses one core or the other, always.
   """
   latent_size: int
   channels: Sequence[int] = (64, 64, 64, 64)
@@ -203,7 +235,8 @@ class RefinementNetwork(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, image_inputs: Array, vector_inputs: Array, state):
+  def __call__(self, image_inputs: Array, vector_inputs: Array, state,
+               temporal=None):
     x = image_inputs.astype(self.dtype)
     for i, (c, s) in enumerate(zip(self.channels, self.strides)):
       x = nn.elu(nn.Conv(c, (3, 3), strides=(s, s), padding="SAME",
@@ -215,8 +248,13 @@ class RefinementNetwork(nn.Module):
       x = jnp.mean(x, axis=(1, 2))
     x = nn.elu(nn.Dense(self.mlp_size, dtype=self.dtype, name="mlp")(x))
     x = jnp.concatenate([x, vector_inputs.astype(self.dtype)], axis=-1)
-    state, h = lstm.LSTMCell(self.hidden_size, dtype=self.dtype,
-                             name="core")(state, x)
+    if temporal is None:
+      state, h = lstm.LSTMCell(self.hidden_size, dtype=self.dtype,
+                               name="core")(state, x)
+    else:
+      state = LSTM2DCell(self.hidden_size, dtype=self.dtype,
+                         name="core_2d")(temporal, state, x)
+      h = state[1]
     delta = nn.Dense(2 * self.latent_size, dtype=self.dtype,
                      name="head")(h)
     return delta, state
