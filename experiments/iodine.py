@@ -128,17 +128,22 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _apply_option(c: ml_collections.ConfigDict, option: str) -> None:
-  if option == "tiny":  # a minute model on small data, for tests
-    c.data.image_size = 32
-    for field, value in (("num_train", 64), ("num_test", 8)):
-      if field in c.data:
-        c.data[field] = value
-    c.model.num_slots = 3
-    c.model.latent_size = 8
-    c.model.num_refinements = 2
-    c.model.decoder_channels = (16, 16)
-    c.model.refine_channels = (16, 16)
-    c.model.refine_strides = (2, 2)
-    c.model.refine_pool = 0
-    c.model.refine_mlp_size = 16
-    c.model.hidden_size = 16
+  if option == "tiny":
+    apply_tiny(c)
+
+
+def apply_tiny(c: ml_collections.ConfigDict) -> None:
+  """A minute model on small data, for tests (also SEQ-IODINE's)."""
+  c.data.image_size = 32
+  for field, value in (("num_train", 64), ("num_test", 8)):
+    if field in c.data:
+      c.data[field] = value
+  c.model.num_slots = 3
+  c.model.latent_size = 8
+  c.model.num_refinements = 2
+  c.model.decoder_channels = (16, 16)
+  c.model.refine_channels = (16, 16)
+  c.model.refine_strides = (2, 2)
+  c.model.refine_pool = 0
+  c.model.refine_mlp_size = 16
+  c.model.hidden_size = 16

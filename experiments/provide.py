@@ -17,7 +17,8 @@ on longer clips with the same workdir and, e.g.,
 
 Presets, ``--config=experiments/provide.py:<preset>``:
   quick       a CPU demo: colour Bouncing Balls (4 balls) at 32x32, clips of
-              4 frames, K = 5, R = 3, narrower networks, batch 8.
+              4 frames, K = 5, R = 2, narrower networks, batch 8, 1,500
+              steps.
   colour      colour Bouncing Balls (4 colours, 4 balls), gamma = 0.
   binary678   binary, tested on 6-8 balls with K = 9 (Table 2); train with
               ``paper`` and evaluate with this preset's data and K.
@@ -103,13 +104,15 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
   if preset == "quick":
     c.data.image_size = 32
     c.model.latent_size = 32
-    c.model.num_refinements = 3
+    c.model.num_refinements = 2  # R_t = 2, 1, 1, 1: 5 light cells a clip
     c.model.decoder_channels = (32, 32, 32)
     c.model.refine_channels = (32, 32, 32)
     c.model.refine_strides = (2, 2, 2)
     c.model.refine_pool = 0
     common.apply_quick_schedule(c, grad_accum_steps=0)
     c.optimizer.learning_rate = 3e-4
+    c.train.num_steps = 1_500
+    c.train.eval_every = 500
     c.eval.batch_size = 8
     c.eval.num_examples = 160
   elif preset == "binary678":

@@ -231,3 +231,55 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match=r"\[R \+ 1, B, K, L\]"):
     run.model.init(jax.random.key(0), {"image": np.zeros((1, 32, 32, 3))},
                    noise=np.zeros((2, 1, 3, 8)))  # R + 1 = 3
+
+
+# ------------------------------------------------------------- SEQ-IODINE
+def _seq(**fields):
+  c = run_lib.load_experiment("experiments/seq_iodine.py:tiny,smoke")
+  with c.unlocked():
+    common.set_fields(c, {f"model.{k}": v for k, v in fields.items()})
+  return run_lib.build(c)
+
+
+def test_seq_iodine_feeds_one_frame_per_refinement():
+  run = _seq()
+  variables = run.init_state().variables()
+  rng = np.random.default_rng(3)
+  video = rng.random((2, 4, 32, 32, 3)).astype(np.float32)
+  apply = lambda v: run.model.apply(variables, {"video": v},
+                                    rngs={"sample": jax.random.key(0)})
+  out = apply(video)
+  assert out.masks.shape == (2, 4, 3, 32, 32, 1)
+  np.testing.assert_allclose(out.losses["nll"], out.aux["nll_frames"].sum(1),
+                             rtol=1e-5)
+  # Frame t's decomposition has seen frames 0..t only.
+  changed = video.copy()
+  changed[:, 2:] = 1.0 - changed[:, 2:]
+  out_changed = apply(changed)
+  np.testing.assert_allclose(out_changed.masks[:, :2], out.masks[:, :2],
+                             atol=1e-5)
+  assert not np.allclose(out_changed.masks[:, 2], out.masks[:, 2], atol=1e-5)
+  # Its frame-t score is that frame's mixture likelihood.
+  log_p, _ = likelihood.pixel_mixture_log_probs(
+      video[:, 1], jnp.log(out.masks[:, 1]), out.components[:, 1],
+      run.model.sigma)
+  np.testing.assert_allclose(-log_p.sum((1, 2)), out.aux["nll_frames"][:, 1],
+                             rtol=1e-4)
+
+
+def test_iodine_clamp_bounds_the_update():
+  run = _tiny()
+  m = run.model.bind(run.init_state().variables())
+  params = m.refine.variables["params"]
+  rng = np.random.default_rng(4)
+  x = rng.random((1, 32, 32, 3)).astype(np.float32)
+  lam = np.zeros((1, 3, 16), np.float32)
+  grad = 1e6 * rng.normal(size=lam.shape).astype(np.float32)
+  means = rng.random((1, 3, 32, 32, 3)).astype(np.float32)
+  logits = rng.normal(size=(1, 3, 32, 32, 1)).astype(np.float32)
+  state = m.refine.initial_state(3)
+  big = jax.tree.map(lambda p: 1e3 * p, params)
+  free, _ = m._refine(big, x, lam, grad, means, logits, state)
+  clamped, _ = m._refine(big, x, lam, grad, means, logits, state, clamp=10.0)
+  assert np.abs(np.asarray(free)).max() > 10.0
+  assert np.abs(np.asarray(clamped)).max() <= 10.0 + 1e-5

@@ -157,9 +157,15 @@ class Iodine(base.ObjectCentricModel):
     return loss, dict(nll=nll, kl=kl, means=means, mask_logits=mask_logits)
 
   def _refine(self, refine_params, x: Array, lam: Array, grad_lam: Array,
-              means: Array, mask_logits: Array, state):
-    """``lambda_{r+1} = lambda_r + f_phi(a, h_{r-1})`` (paper 004 Eq. 2)."""
+              means: Array, mask_logits: Array, state, clamp: float = 0.0):
+    """``lambda_{r+1} = lambda_r + f_phi(a, h_{r-1})`` (paper 004 Eq. 2).
+
+    ``clamp > 0`` clips the gradient w.r.t. lambda and the update to
+    ``[-clamp, clamp]`` (SEQ-IODINE on long clips, paper 004 App. A.3).
+    """
     b, k, _ = lam.shape
+    if clamp:
+      grad_lam = jnp.clip(grad_lam, -clamp, clamp)
     image_inputs = ii.refinement_inputs(x, means, mask_logits, self.sigma)
     vector_inputs = jnp.concatenate(
         [lam, jax.lax.stop_gradient(ii.normalise(grad_lam, (-1,)))], -1)
@@ -168,7 +174,22 @@ class Iodine(base.ObjectCentricModel):
         {"params": refine_params},
         image_inputs.reshape((b * k,) + image_inputs.shape[2:]),
         vector_inputs.reshape(b * k, -1), state)
+    if clamp:
+      delta = jnp.clip(delta, -clamp, clamp)
     return lam + delta.reshape(lam.shape), state
+
+  def _network_params(self, h: int, w: int, c: int):
+    """The decoder's and refinement network's parameters (created on
+    initialisation), for the loop's pure calls."""
+    l = self.latent_size
+    if self.is_initializing():
+      self.decoder(jnp.zeros((1, l), self.dtype))
+      self.refine(jnp.zeros((1, h, w, ii.image_input_channels(c)),
+                            self.dtype),
+                  jnp.zeros((1, 4 * l), self.dtype),
+                  self.refine.initial_state(1))
+    return (self.decoder.variables["params"],
+            self.refine.variables["params"])
 
   # ------------------------------------------------------------- forward
   def __call__(self, batch: dict[str, Array], *, train: bool = True,
@@ -202,14 +223,7 @@ class Iodine(base.ObjectCentricModel):
 
     lam = jnp.broadcast_to(self.lambda_0.astype(self.dtype), (b, k, 2 * l))
     state = self.refine.initial_state(b * k)
-    if self.is_initializing():  # create the parameters the loop closes over
-      self.decoder(jnp.zeros((1, l), self.dtype))
-      self.refine(jnp.zeros((1, h, w, ii.image_input_channels(x.shape[-1])),
-                            self.dtype),
-                  jnp.zeros((1, 4 * l), self.dtype),
-                  self.refine.initial_state(1))
-    decoder_params = self.decoder.variables["params"]
-    refine_params = self.refine.variables["params"]
+    decoder_params, refine_params = self._network_params(h, w, x.shape[-1])
     elbo_and_grad = jax.value_and_grad(
         lambda lam_, eps_: self._elbo(decoder_params, x, lam_, eps_),
         has_aux=True)
