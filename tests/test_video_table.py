@@ -1,4 +1,5 @@
-"""`ocjax.eval.video_table`: paper 004's Tables 1-2 from trained runs."""
+"""`ocjax.eval.video_table` and `ocjax.eval.prediction`: paper 004's
+Tables 1-2 and Fig. 5 from trained runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from ocjax import run as run_lib
+from ocjax.eval import prediction
 from ocjax.eval import video_table
 from ocjax.train import loop
 
@@ -63,3 +65,15 @@ def test_one_command_table(tmp_path):
   assert result["video"]["2"]["num_runs"] == 1
   with open(out + ".md", encoding="utf-8") as f:
     assert "| video |" in f.read()
+
+  # Fig. 5: the error curve over prediction steps.
+  curve = prediction.predict(video, observed=2, predicted=2, num_videos=4,
+                             batch_size=2)
+  assert curve["num_videos"] == 4
+  assert len(curve["mse_by_step"]) == len(curve["ari_fg_by_step"]) == 2
+  assert all(np.isfinite(curve["mse_by_step"]))
+  step = curve["step"]
+  for ext in ("json", "png"):
+    assert (tmp_path / "video" / "eval" / f"prediction_{step}.{ext}").exists()
+  with pytest.raises(ValueError, match="does not predict frames"):
+    prediction.predict(image, observed=2, predicted=1)

@@ -27,6 +27,9 @@ module says: the model *declares*, as class attributes,
   loss-weight warm-up, a curriculum that freezes a part): training calls get
   ``step=`` the optimizer step (int32 scalar, the same for every
   micro-batch); other calls get ``step=None`` (the schedules' end).
+* ``predicts_frames`` (video models): ``__call__`` accepts
+  ``observed_frames=n``; frames after the first n are predicted, not seen
+  (``ocjax.eval.prediction``).
 
 and optionally implements ``sample(num, *, noise=None) -> SampleOutput``
 (scenes from its prior). ``dummy_batch`` gives inputs of the right shape
@@ -107,6 +110,7 @@ class ObjectCentricModel(nn.Module):
   mutable_collections: ClassVar[tuple[str, ...]] = ()
   input_key: ClassVar[str] = "image"
   uses_step: ClassVar[bool] = False
+  predicts_frames: ClassVar[bool] = False
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""

@@ -171,6 +171,7 @@ class Provide(base.ObjectCentricModel):
   segmentation_names = ("masks",)
   reported_segmentation = "masks"
   input_key = "video"
+  predicts_frames = True  # observed_frames= (Sec. 3.2.3)
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Two zero frames (the parameters do not depend on T)."""
