@@ -196,6 +196,7 @@ def test_scan_unroll_does_not_change_the_numbers(tiny):
   np.testing.assert_allclose(out_r.masks, out.masks, atol=1e-5)
 
 
+@pytest.mark.slow
 class TestGradients(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

@@ -129,6 +129,7 @@ def test_conditional_prior_depends_on_the_temporal_state():
   assert not np.allclose(log_sigma[0], log_sigma[1])
 
 
+@pytest.mark.slow
 def test_unconditional_ablation_ignores_the_prior_network(tiny):
   run, variables, video = tiny
   plain = _tiny(conditional=False)
@@ -172,6 +173,7 @@ def test_prediction_sees_only_the_observed_frames(tiny):
     _apply(run, variables, video, observed_frames=0)
 
 
+@pytest.mark.slow
 class TestGradients(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
