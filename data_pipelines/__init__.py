@@ -140,9 +140,34 @@ def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,
         f"processes {process_count}.")
   if repeat is None:
     repeat = split == "train"
-  return _module(config.name).get_dataset(
+  ds = _module(config.name).get_dataset(
       config, split, batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count, repeat=repeat)
+  if config.get("frames_as_images", False):
+    ds = _first_frames(ds)
+  return ds
+
+
+def _first_frames(ds):
+  """A video stream as images: each clip's first frame (``data.
+  frames_as_images``; set ``num_frames = 1``), for image models trained on a
+  video dataset's frames (paper 004's IODINE baseline)."""
+  from data_pipelines import stream  # pylint: disable=g-import-not-at-top
+
+  def first(batch):
+    out = {k: v for k, v in batch.items() if k not in ("video",
+                                                       "segmentation")}
+    out["image"] = batch["video"][:, 0]
+    if "segmentation" in batch:
+      out["segmentation"] = batch["segmentation"][:, 0]
+    return out
+
+  if isinstance(ds, stream.NumpyStream):
+    return ds.map(first)
+  context = getattr(ds, "_ocjax_context", "the dataset")
+  ds = ds.map(first)
+  ds._ocjax_context = context  # pylint: disable=protected-access
+  return ds
 
 
 def num_examples(config: Any, split: str) -> int:

@@ -377,6 +377,13 @@ class NumpyStream:
     self._options = options
     self._ocjax_context = context
 
+  def map(self, fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+          ) -> "NumpyStream":
+    """The same stream with ``fn`` applied to every batch (in the workers)."""
+    load = self._load
+    return NumpyStream(lambda step: fn(load(step)), self._steps,
+                       self._options, self._ocjax_context)
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     workers = self._options.num_parallel_calls
     window = max(1, workers + self._options.prefetch)

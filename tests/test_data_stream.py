@@ -311,3 +311,22 @@ def test_apply_overrides():
     stream.apply_overrides(c, ["image_size=big"])
   with pytest.raises(ValueError, match="malformed"):
     stream.apply_overrides(c, ["image_size"])
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_frames_as_images(monkeypatch, installed):
+  """``data.frames_as_images``: a video dataset's first frames as images,
+  through tf.data and through the NumPy stream alike."""
+  import data_pipelines  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(stream, "tensorflow_installed", lambda: installed)
+  c = bouncing_balls.preset_config("colour4")
+  c.image_size, c.num_frames, c.num_test = 16, 2, 4
+  get = lambda cfg: next(data_pipelines.iterate(data_pipelines.get_dataset(
+      cfg, "test", batch_size=2, seed=0, process_index=0, process_count=1)))
+  clips = get(c)
+  c.frames_as_images = True
+  frames = get(c)
+  assert "video" not in frames
+  np.testing.assert_array_equal(frames["image"], clips["video"][:, 0])
+  np.testing.assert_array_equal(frames["segmentation"],
+                                clips["segmentation"][:, 0])
