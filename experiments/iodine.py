@@ -110,7 +110,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.refine_pool = 0
     c.model.refine_mlp_size = 128
     c.model.num_refinements = 3
-    # Micro-batches of 4 (automatic): 0.41 s per step here, 0.54 s without.
+    # Micro-batches of 4 (automatic).
     common.apply_quick_schedule(c, grad_accum_steps=0)
     c.optimizer.learning_rate = 3e-4
   elif preset in ("bouncing_balls", "bouncing_balls_colour"):

@@ -56,8 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       elif o == "tiny":
         iodine_experiment.apply_tiny(c)
         c.data.num_frames = 3
-        for field, value in (("num_validation", 8), ("num_test", 8)):
-          if field in c.data:
-            c.data[field] = value
+        if "num_validation" in c.data:
+          c.data.num_validation = 8
   c.lock()
   return c

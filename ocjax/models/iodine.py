@@ -74,7 +74,7 @@ class Iodine(base.ObjectCentricModel):
     refine_mlp_size: its dense layer after the pooling.
     hidden_size: its LSTM's size.
     scan_unroll: refinement steps unrolled per iteration of the loop; 0: all
-      R (XLA's CPU backend runs the rolled loop about 7x slower).
+      R (XLA's CPU backend runs rolled loops slower: README, "Speed").
     dtype: compute dtype.
   """
   num_slots: int = 5
@@ -99,28 +99,8 @@ class Iodine(base.ObjectCentricModel):
   reported_segmentation = "masks"
   input_key = "image"
 
-  def _check_config(self) -> None:
-    if self.num_slots < 1 or self.num_refinements < 1:
-      raise ValueError("model.num_slots and model.num_refinements must be "
-                       f">= 1; got {self.num_slots}, {self.num_refinements}.")
-    if len(self.refine_channels) != len(self.refine_strides):
-      raise ValueError(
-          "model.refine_channels and model.refine_strides must have equal "
-          f"lengths; got {tuple(self.refine_channels)}, "
-          f"{tuple(self.refine_strides)}.")
-    size = self.image_size
-    for s in self.refine_strides:
-      size = -(-size // int(s))
-    if self.refine_pool and size % self.refine_pool:
-      raise ValueError(
-          f"model.refine_pool={self.refine_pool} must divide the refinement "
-          f"network's feature map ({size}x{size} for model.image_size="
-          f"{self.image_size}, strides {tuple(self.refine_strides)}).")
-    if self.sigma <= 0:
-      raise ValueError(f"model.sigma must be > 0, got {self.sigma}.")
-
   def setup(self):
-    self._check_config()
+    ii.check_config(self)
     l = self.latent_size
     # lambda_0 = [mu, log sigma], U(-0.5, 0.5) (paper 004 App. C).
     self.lambda_0 = self.param("lambda_0", init.uniform(0.5), (2 * l,))

@@ -32,8 +32,9 @@ The video model often called PROVIDE: IODINE's iterative amortised inference
 All light cells of a clip are one `jax.lax.scan` over the flattened grid (a
 static schedule from T, R and ``grid``: ``sum_t R_t`` light cells, no
 padding to R refinements per frame); the T dark cells follow the loop as one
-batched decode of each frame's last posterior (a `jax.lax.cond` inside the
-loop instead ran 12x slower on XLA's CPU backend). Slots are a batch axis of
+batched decode of each frame's last posterior (no `jax.lax.cond` inside the
+loop: XLA's CPU backend ran that version much slower; not benchmarked side
+by side). Slots are a batch axis of
 every network.
 
 Axis legend: B batch, T frames, K slots, N = B K, H height, W width,
@@ -178,25 +179,8 @@ class Provide(base.ObjectCentricModel):
     s = int(self.image_size)
     return {"video": np.zeros((batch_size, 2, s, s, 3), np.float32)}
 
-  def _check_config(self) -> None:
-    if self.num_slots < 1 or self.num_refinements < 1:
-      raise ValueError("model.num_slots and model.num_refinements must be "
-                       f">= 1; got {self.num_slots}, {self.num_refinements}.")
-    if len(self.refine_channels) != len(self.refine_strides):
-      raise ValueError(
-          "model.refine_channels and model.refine_strides must have equal "
-          f"lengths; got {tuple(self.refine_channels)}, "
-          f"{tuple(self.refine_strides)}.")
-    size = self.image_size
-    for s in self.refine_strides:
-      size = -(-size // int(s))
-    if self.refine_pool and size % self.refine_pool:
-      raise ValueError(
-          f"model.refine_pool={self.refine_pool} must divide the refinement "
-          f"network's feature map ({size}x{size}).")
-
   def setup(self):
-    self._check_config()
+    ii.check_config(self)
     l = self.latent_size
     self.lambda_0 = self.param("lambda_0", init.uniform(0.5), (2 * l,))
     self.generator = Generator(

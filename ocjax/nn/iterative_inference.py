@@ -162,6 +162,29 @@ def refinement_inputs(x: Array, means: Array, mask_logits: Array,
   return jax.lax.stop_gradient(jnp.concatenate(parts, axis=-1))
 
 
+def check_config(model) -> None:
+  """Validates the fields the iterative-inference models share; errors name
+  the ``config.model`` field."""
+  if model.num_slots < 1 or model.num_refinements < 1:
+    raise ValueError("model.num_slots and model.num_refinements must be "
+                     f">= 1; got {model.num_slots}, {model.num_refinements}.")
+  if len(model.refine_channels) != len(model.refine_strides):
+    raise ValueError(
+        "model.refine_channels and model.refine_strides must have equal "
+        f"lengths; got {tuple(model.refine_channels)}, "
+        f"{tuple(model.refine_strides)}.")
+  size = model.image_size
+  for s in model.refine_strides:
+    size = -(-size // int(s))
+  if model.refine_pool and size % model.refine_pool:
+    raise ValueError(
+        f"model.refine_pool={model.refine_pool} must divide the refinement "
+        f"network's feature map ({size}x{size} for model.image_size="
+        f"{model.image_size}, strides {tuple(model.refine_strides)}).")
+  if model.sigma <= 0:
+    raise ValueError(f"model.sigma must be > 0, got {model.sigma}.")
+
+
 class ConvBroadcastDecoder(nn.Module):
   """IODINE's spatial-broadcast decoder: ``z [N, L] -> [N, H, W, C + 1]``.
 
