@@ -136,6 +136,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_validation = 200
   c.num_test = 200
   c.content_seed = 0  # Seed of the episodes' content (generate --seed).
+  # On the fly: keep each simulated episode in memory (small splits, e.g.
+  # a CPU demo; a split costs T*H*W*4 bytes an episode).
+  c.cache_episodes = False
   c.num_parallel_calls = 2  # tf.data: batches produced in parallel.
   c.prefetch = 2  # tf.data: batches prefetched.
   return c

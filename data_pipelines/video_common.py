@@ -305,8 +305,10 @@ def episodes_source(config: Any, split: str, *, name: str,
     ep = generate(split, int(index))
     return ep["video"], ep["segmentation"]
 
-  return (stream.num_split_examples(config, split), tuple(episode_shape),
-          episode)
+  n = stream.num_split_examples(config, split)
+  if config.get("cache_episodes", False):  # simulated once, kept in memory
+    episode = functools.lru_cache(maxsize=n)(episode)
+  return n, tuple(episode_shape), episode
 
 
 def episodes_dataset(config: Any, split: str, source, *, batch_size: int,
