@@ -147,3 +147,52 @@ def sample_axis_aligned(image: Array, theta: Array, height: int,
   wy = interpolation_matrix(v, gh)  # [N, H, G_h]
   rows = jnp.einsum("nhg,ngfc->nhfc", wy, image)  # [N, H, G_w, C]
   return jnp.einsum("nhfc,nwf->nhwc", rows, wx)
+
+
+# ------------------------------------------------------------------ boxes
+# A box ``(s_x, s_y, t_x, t_y)`` covers ``[t - s, t + s]`` of the normalised
+# image (``s`` is the fraction of the image's half-extent; SCALOR's
+# ``z_where``). Reading a box out of an image uses ``theta = [[s_x, 0, t_x],
+# [0, s_y, t_y]]``; writing a glimpse into an image uses its inverse.
+
+
+def crop_boxes(image: Array, boxes: Array, size: int) -> Array:
+  """Reads ``N`` boxes out of each image (bilinear, zero padding).
+
+  Args:
+    image: ``[B, H, W, C]``.
+    boxes: ``[B, N, 4]`` as ``(s_x, s_y, t_x, t_y)``.
+    size: the crops' side.
+  Returns:
+    ``[B, N, size, size, C]`` (the image is not copied per box).
+  """
+  _, h, w, _ = image.shape
+  g = base_coordinates(size, boxes.dtype)  # [size]
+  u = boxes[..., 0, None] * g + boxes[..., 2, None]  # [B, N, size]
+  v = boxes[..., 1, None] * g + boxes[..., 3, None]
+  wx = interpolation_matrix(u, w)  # [B, N, size, W]
+  wy = interpolation_matrix(v, h)  # [B, N, size, H]
+  rows = jnp.einsum("bnyh,bhwc->bnywc", wy, image)
+  return jnp.einsum("bnywc,bnxw->bnyxc", rows, wx)
+
+
+def paste_boxes(glimpses: Array, boxes: Array, height: int,
+                width: int) -> Array:
+  """Writes each glimpse into its box of an empty image (the inverse STN of
+  `crop_boxes`: zero outside the box).
+
+  Args:
+    glimpses: ``[B, N, G_h, G_w, C]``.
+    boxes: ``[B, N, 4]`` as ``(s_x, s_y, t_x, t_y)``.
+  Returns:
+    ``[B, N, H, W, C]``.
+  """
+  gh, gw = glimpses.shape[2:4]
+  xs = base_coordinates(width, boxes.dtype)
+  ys = base_coordinates(height, boxes.dtype)
+  u = (xs - boxes[..., 2, None]) / boxes[..., 0, None]  # [B, N, W]
+  v = (ys - boxes[..., 3, None]) / boxes[..., 1, None]  # [B, N, H]
+  wx = interpolation_matrix(u, gw)  # [B, N, W, G_w]
+  wy = interpolation_matrix(v, gh)  # [B, N, H, G_h]
+  rows = jnp.einsum("bnyg,bngjc->bnyjc", wy, glimpses)
+  return jnp.einsum("bnyjc,bnxj->bnyxc", rows, wx)
