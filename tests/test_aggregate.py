@@ -133,3 +133,44 @@ def test_cli_writes_markdown_and_json(runs, tmp_path):
                       str(tmp_path / "nope")], cwd=REPO, env=env,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and "not a directory" in r.stderr
+
+
+def _video_results(ari_fg, mota):
+  r = {"split": "test", "dataset": "p2d", "num_images": 200, "step": 10}
+  for s in ("ari", "ari_fg", "msc", "msc_fg"):
+    r[f"fixed/masks/{s}"] = 0.5
+  r["fixed/masks/ari_fg"] = ari_fg
+  for s in ("mota", "motp", "match", "id_switches", "false_positives",
+            "misses", "mostly_detected", "mostly_tracked"):
+    r[f"fixed/masks/mot_{s}"] = 10.0
+  r["fixed/masks/mot_mota"] = mota
+  return r
+
+
+def test_tracking_table_and_comparison_rows(tmp_path):
+  """Video runs get the MOT table (APEX Table II); --row groups give one
+  row per model or ablation (Tables I-III)."""
+  a = _write_run(tmp_path, "apex0", {10: _video_results(0.8, 50.0)})
+  b = _write_run(tmp_path, "apex1", {10: _video_results(0.9, 40.0)})
+  c = _write_run(tmp_path, "noent", {10: _video_results(0.6, -5.0)})
+  md = aggregate.format_markdown(aggregate.aggregate([a, b]))
+  assert "| MOTA | MOTP | Match | ID S. | FPs | Miss | MD | MT |" in md
+  assert "| fixed | masks | 45.0 ± 7.1 | 10.0 ± 0.0" in md
+  result = aggregate.compare([("APEX", [a, b]), ("No entropy loss", [c])])
+  table = aggregate.format_comparison(result)
+  assert "| APEX | 2 | 0.850 ± 0.071 | 0.500 ± 0.000" in table
+  assert "| No entropy loss | 1 | 0.600 ± 0.000" in table
+  assert "-5.0 ± 0.0" in table
+  out = tmp_path / "table"
+  proc = subprocess.run(
+      [sys.executable, "-m", "ocjax.eval.aggregate", f"--row=APEX={a},{b}",
+       f"--row=No entropy loss={c}", f"--output={out}"],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert "| APEX | 2 |" in (tmp_path / "table.md").read_text()
+  assert json.loads((tmp_path / "table.json").read_text())["groups"][1][
+      "name"] == "No entropy loss"
+  bad = subprocess.run(
+      [sys.executable, "-m", "ocjax.eval.aggregate", "--row=APEX"],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert bad.returncode == 2 and "NAME=DIR" in bad.stderr

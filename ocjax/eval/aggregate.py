@@ -2,6 +2,8 @@ r"""Mean ± std over seeds: several runs' evaluations as the papers' tables.
 
     python -m ocjax.eval.aggregate DIR1 DIR2 ... [--step=S] \
         [--output=PREFIX] [--ddof=1]
+    python -m ocjax.eval.aggregate --row=APEX=DIR1,DIR2 \
+        --row="No entropy loss"=DIR3,DIR4 ... [--output=PREFIX]
 
 Reads each run's ``DIR/eval/<step>.json`` (``--mode=eval``; the highest step
 unless ``--step``) and, when present, ``DIR/eval/fid_<step>.json``
@@ -11,7 +13,13 @@ unless ``--step``) and, when present, ``DIR/eval/fid_<step>.json``
 * a segmentation table shaped like paper 001's Tables 1-2: one row per
   evaluation mode (e.g. fixed / flexible K) and segmentation,
   columns ARI-FG, MSC-FG, ARI, MSC and the average number of slots used;
+* for video models, a tracking table (APEX's Table II): MOTA, MOTP, Match,
+  ID switches, false positives, misses, mostly detected / tracked;
 * a table of the likelihood and generation figures: NLL, KL, MSE, FID.
+
+With ``--row NAME=DIRS`` (repeated) it writes one comparison table instead,
+a row per name (a model or an ablation over its seeds), as APEX's Tables
+I-III: ARI-FG, MSC-FG, ARI, MSC and, for videos, the MOT scores.
 
 Each cell is ``mean ± std`` over the runs (sample standard deviation,
 ``ddof=1``; 0 with one run). A metric missing from some runs is aggregated
@@ -31,6 +39,12 @@ import numpy as np
 
 SEG_COLUMNS = (("ari_fg", "ARI-FG"), ("msc_fg", "MSC-FG"), ("ari", "ARI"),
                ("msc", "MSC"))
+# The MOT protocol of video models (`ocjax.eval.runner.MOT_SCORES`; APEX's
+# Table II), keys ``<mode>/<segmentation>/mot_<score>``.
+MOT_COLUMNS = (("mot_mota", "MOTA"), ("mot_motp", "MOTP"),
+               ("mot_match", "Match"), ("mot_id_switches", "ID S."),
+               ("mot_false_positives", "FPs"), ("mot_misses", "Miss"),
+               ("mot_mostly_detected", "MD"), ("mot_mostly_tracked", "MT"))
 # Loss terms (``loss_<term>``, named as the model names them) come first,
 # then these.
 OTHER_COLUMNS = (("mse", "MSE"), ("fid", "FID"))
@@ -146,6 +160,8 @@ def _fmt(key: str, m: dict[str, Any] | None, num_runs: int) -> str:
     digits = ".2f"
   elif key.startswith(("loss_", "mse")):
     digits = ".4g"
+  elif "/mot_" in key:
+    digits = ".1f"
   else:
     digits = ".3f"
   cell = f"{m['mean']:{digits}} ± {m['std']:{digits}}"
@@ -180,6 +196,16 @@ def format_markdown(agg: dict[str, Any]) -> str:
       cells.append(_fmt(f"{mode}/num_slots", m.get(f"{mode}/num_slots"), n))
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+  tracked = [r for r in rows if f"{r[0]}/{r[1]}/mot_mota" in m]
+  if tracked:  # videos: the tracking table (APEX's Table II)
+    head = ["K", "Masks"] + [name for _, name in MOT_COLUMNS]
+    lines += ["| " + " | ".join(head) + " |",
+              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for mode, seg in tracked:
+      lines.append("| " + " | ".join(
+          [mode, seg] + [_fmt(f"{mode}/{seg}/{s}", m.get(f"{mode}/{seg}/{s}"),
+                              n) for s, _ in MOT_COLUMNS]) + " |")
+    lines.append("")
   present = [(k, k[len("loss_"):].upper()) for k in sorted(m)
              if k.startswith("loss_")]
   present += [(k, name) for k, name in OTHER_COLUMNS if k in m]
@@ -195,13 +221,53 @@ def format_markdown(agg: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def compare(groups: Sequence[tuple[str, Sequence[str]]],
+            step: int | None = None, ddof: int = 1) -> dict[str, Any]:
+  """`aggregate` of each named group of runs (a model or an ablation, its
+  seeds): ``{"groups": [(name, aggregate)], ...}``."""
+  if not groups:
+    raise AggregateError("Name at least one group of runs.")
+  return {"groups": [{"name": name, **aggregate(dirs, step, ddof)}
+                     for name, dirs in groups]}
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+  """One row per group, as APEX's Tables I-III: the segmentation scores of
+  each group's first (mode, segmentation) and, for videos, the MOT scores;
+  ``mean ± std`` over the group's runs."""
+  groups = result["groups"]
+  tracked = any(k.endswith("/mot_mota") for g in groups for k in g["metrics"])
+  head = ["Model", "Runs"] + [name for _, name in SEG_COLUMNS]
+  if tracked:
+    head += [name for _, name in MOT_COLUMNS]
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+  for g in groups:
+    m, n = g["metrics"], g["num_runs"]
+    rows = segmentation_rows(m)
+    prefix = "/".join(rows[0]) if rows else ""
+    keys = [s for s, _ in SEG_COLUMNS] + (
+        [s for s, _ in MOT_COLUMNS] if tracked else [])
+    cells = [g["name"], str(n)] + [_fmt(f"{prefix}/{k}",
+                                        m.get(f"{prefix}/{k}"), n)
+                                   for k in keys]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  for g in groups:
+    lines.append(f"- {g['name']}: " + ", ".join(
+        f"{r['workdir']} (step {r['step']})" for r in g["runs"])
+        + "".join(f"; note: {x}" for x in g["notes"]))
+  return "\n".join(lines) + "\n"
+
+
 def write(agg: dict[str, Any], prefix: str) -> tuple[str, str]:
   """Writes ``PREFIX.md`` and ``PREFIX.json``; returns their paths."""
   folder = os.path.dirname(os.path.abspath(prefix))
   os.makedirs(folder, exist_ok=True)
   md, js = prefix + ".md", prefix + ".json"
   with open(md, "w", encoding="utf-8") as f:
-    f.write(format_markdown(agg))
+    f.write(format_comparison(agg) if "groups" in agg
+            else format_markdown(agg))
   with open(js, "w", encoding="utf-8") as f:
     json.dump(agg, f, indent=2, sort_keys=True)
   return md, js
@@ -211,8 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m ocjax.eval.aggregate",
       description="Mean ± std tables over several runs (seeds).")
-  parser.add_argument("workdirs", nargs="+", metavar="DIR",
+  parser.add_argument("workdirs", nargs="*", metavar="DIR",
                       help="Run directories evaluated with --mode=eval.")
+  parser.add_argument("--row", action="append", default=[],
+                      metavar="NAME=DIR[,DIR...]",
+                      help="A row of a comparison table (a model or an "
+                      "ablation and its seeds); repeat for each row.")
   parser.add_argument("--step", type=int, default=None,
                       help="Evaluation step to use (default: each run's "
                       "latest).")
@@ -222,12 +292,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="Delta degrees of freedom of the std.")
   args = parser.parse_args(argv)
   try:
-    agg = aggregate(args.workdirs, args.step, args.ddof)
+    if args.row:
+      if args.workdirs:
+        raise AggregateError("Give run directories or --row groups, not "
+                             "both.")
+      groups = []
+      for row in args.row:
+        name, sep, dirs = row.partition("=")
+        if not sep or not name or not dirs:
+          raise AggregateError(f"--row {row!r}: expected NAME=DIR[,DIR...].")
+        groups.append((name, [d for d in dirs.split(",") if d]))
+      agg = compare(groups, args.step, args.ddof)
+    else:
+      if not args.workdirs:
+        raise AggregateError("Name at least one run directory (or --row).")
+      agg = aggregate(args.workdirs, args.step, args.ddof)
   except AggregateError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   md, js = write(agg, args.output)
-  print(format_markdown(agg))
+  print(format_comparison(agg) if "groups" in agg else format_markdown(agg))
   print(f"Wrote {md} and {js}.")
   return 0
 

@@ -25,10 +25,15 @@ import data_pipelines
 from ocjax import run as run_lib
 from ocjax.eval import best_worst
 from ocjax.metrics import segmentation as seg_metrics
+from ocjax.metrics import tracking
 from ocjax.train import mesh as mesh_lib
 from ocjax.train import writers
 
 SCORES = ("ari", "ari_fg", "msc", "msc_fg", "msc_scaled", "msc_fg_scaled")
+# The MOT protocol's scores (percent; `ocjax.metrics.tracking`), for videos:
+# APEX's Table II.
+MOT_SCORES = ("mota", "motp", "match", "id_switches", "false_positives",
+              "misses", "mostly_detected", "mostly_tracked")
 
 
 def _label_bound(seg: np.ndarray) -> int:
@@ -50,7 +55,10 @@ def make_eval_fn(run: run_lib.Run, mode: str):
 
   @functools.partial(jax.jit, static_argnames=("num_true_labels",))
   def evaluate_batch(variables, batch, segmentation, *, num_true_labels):
+    """Per-image scores and, for videos, each segmentation's argmax over
+    slots ``[B, T, H, W]`` (the slot index is the track id)."""
     out = apply(variables, batch)
+    tracks = {}
     image = batch[input_key]
     res = {"mse": jnp.mean((out.recon - image) ** 2,
                            axis=tuple(range(1, image.ndim)))}
@@ -60,13 +68,14 @@ def make_eval_fn(run: run_lib.Run, mode: str):
     for name, masks in out.segmentations.items():
       if masks.ndim == 6:  # Video [B, T, K, H, W, 1]: one score per clip,
         # with time stacked along the height (a slot is one track over time).
+        tracks[name] = jnp.argmax(masks[..., 0], axis=2).astype(jnp.int32)
         masks, truth = seg_metrics.stack_time(masks, segmentation)
       else:
         truth = segmentation
       scores = seg_metrics.segmentation_metrics(
           masks, truth, num_true_labels=num_true_labels)
       res.update({f"{name}/{s}": scores[s] for s in SCORES})
-    return res
+    return res, tracks
 
   return evaluate_batch
 
@@ -119,6 +128,7 @@ def evaluate_variables(run: run_lib.Run, variables, *,
                                   batch_size=ec.batch_size, seed=config.seed,
                                   repeat=False)
   per_image: dict[str, list[np.ndarray]] = {}
+  trackers: dict[str, Any] = {}  # "<mode>/<segmentation>" -> MOTEvaluator
   seen = 0
   for index, batch in enumerate(data_pipelines.iterate(ds)):
     if seen >= limit:
@@ -136,8 +146,17 @@ def evaluate_variables(run: run_lib.Run, variables, *,
     seen += int(keep.sum())
     per_image.setdefault("position", []).append(
         index * ec.batch_size + np.flatnonzero(keep))
+    truth = None
     for mode, fn in modes.items():
-      out = fn(variables, inputs, segmentation, num_true_labels=bound)
+      out, tracks = fn(variables, inputs, segmentation,
+                       num_true_labels=bound)
+      for name, labels in tracks.items():  # videos: the MOT protocol
+        if truth is None:
+          truth = _fetch(segmentation)
+        key = f"{mode}/{name}"
+        if key not in trackers:
+          trackers[key] = tracking.MOTEvaluator()
+        trackers[key].add_batch(truth, _fetch(labels), keep)
       for key, value in out.items():
         shared = key == "mse" or key.startswith("loss_")
         if shared and mode != first:
@@ -153,6 +172,10 @@ def evaluate_variables(run: run_lib.Run, variables, *,
       per_image_out[key] = values
     if key != "position":
       results[key] = float(np.mean(values)) if values.size else float("nan")
+  for key, evaluator in trackers.items():
+    if evaluator.num_frames:
+      mot = evaluator.result()
+      results.update({f"{key}/mot_{m}": mot[m] for m in MOT_SCORES})
   return results
 
 
@@ -166,6 +189,10 @@ def format_table(results: dict[str, Any]) -> str:
     vals = " ".join(f"{results.get(f'{mode}/{name}/{s}', float('nan')):13.4f}"
                     for s in SCORES)
     lines.append(f"{mode:9s} {name:10s} {vals}")
+  for mode, name in rows:
+    if f"{mode}/{name}/mot_mota" in results:
+      lines.append(f"{mode:9s} {name:10s} tracking: " + ", ".join(
+          f"{s} {results[f'{mode}/{name}/mot_{s}']:.1f}" for s in MOT_SCORES))
   extra = [f"avg. K {k.split('/')[0]} {results[k]:.2f}"
            for k in sorted(results) if k.endswith("/num_slots")]
   extra += [f"{k[len('loss_'):]} {results[k]:.4g}"
