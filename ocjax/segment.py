@@ -1,7 +1,7 @@
 r"""Apply a trained model to your own images.
 
     python -m ocjax.segment --workdir=DIR --input=PATH [--output=OUT] \
-        [--step=S] [--batch_size=16] [--eval_mode=MODE]
+        [--step=S] [--batch_size=16] [--eval_mode=MODE] [--clip_length=N]
 
 ``PATH`` is an image file or a folder of them (png, jpg, jpeg, bmp, gif,
 tif, tiff, webp; not recursive), of any size. Each image is cropped and
@@ -28,6 +28,22 @@ PATH>``) receives, per image, a folder ``OUT/<image stem>/`` with
 
 plus ``OUT/segment.json`` listing every image, the preprocessing applied
 and the files that could not be read.
+
+A video model (``input_key = "video"``) reads ``PATH`` as one video: a
+video file (mp4, avi, mov, mkv, webm, m4v; decoded by imageio-ffmpeg) or a
+folder of frames in name order, each frame preprocessed as above. The model
+decomposes it as one clip (``--clip_length=N``: clips of N frames, slot
+identities restarting with each), and ``OUT`` receives
+
+* ``frames/input_NNNN.png``, ``frames/segmentation_NNNN.png`` (indexed, pixel
+  value = slot index = track id: a tracked object keeps its colour) and
+  ``frames/overlay_NNNN.png`` per frame;
+* ``tracks.gif``: the input and the overlay side by side over time;
+* ``tracks.npz``: ``masks`` ``[T, K, H, W]``, ``segmentation`` ``[T, H, W]``,
+  ``latents`` ``[T, K, L]``, ``recon`` and where the model has them
+  ``z_pres`` and ``boxes``;
+* ``segment.json``: the sources, the preprocessing, and per slot (track) the
+  frames it is present in and its mean area.
 """
 
 from __future__ import annotations
@@ -217,6 +233,118 @@ def write_outputs(folder: str, image: np.ndarray, res: dict[str, Any],
   return summary
 
 
+# ------------------------------------------------------------------ videos
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def read_video(path: str) -> np.ndarray:
+  """uint8 RGB frames ``[T, H, W, 3]`` of a video file (ffmpeg, from the
+  ``imageio-ffmpeg`` wheel)."""
+  try:
+    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SegmentError("Reading video files needs imageio-ffmpeg (pip "
+                       "install imageio-ffmpeg), or give a folder of "
+                       "frames.") from e
+  try:
+    reader = imageio_ffmpeg.read_frames(path)
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
+  except Exception as e:  # pylint: disable=broad-except
+    raise SegmentError(f"Cannot read video {path!r}: {type(e).__name__}: "
+                       f"{e}") from e
+  if not frames:
+    raise SegmentError(f"Video {path!r} has no frames.")
+  return np.stack(frames)
+
+
+def video_frames(path: str) -> tuple[list[np.ndarray], list[str]]:
+  """The frames of a video file, or of a folder of images (in name
+  order); returns (frames, their sources)."""
+  if os.path.isfile(path) and path.lower().endswith(VIDEO_EXTENSIONS):
+    frames = read_video(path)
+    return list(frames), [f"{path}#{t}" for t in range(len(frames))]
+  files = list_images(path)
+  return [read_image(f) for f in files], files
+
+
+def _clip_predict(run: run_lib.Run, mode: str):
+  apply = run.apply_fn("eval", mode)
+
+  @jax.jit
+  def predict(variables, video):
+    out = apply(variables, {"video": video})
+    res = {"masks": out.masks, "latents": out.latents, "recon": out.recon}
+    for k in ("z_pres", "boxes"):
+      if k in out.aux:
+        res[f"aux/{k}"] = out.aux[k]
+    return res
+
+  return predict
+
+
+def segment_video(run: run_lib.Run, state, input_path: str, output: str, *,
+                  eval_mode: str, clip_length: int = 0) -> dict[str, Any]:
+  """Decomposes and tracks a video (a file or a folder of frames) with a
+  video model; see `segment` for the files written."""
+  model, config = run.model, run.config
+  frames, sources = video_frames(input_path)
+  size = int(model.dummy_batch(1)["video"].shape[2])
+  prep = data_pipelines.preprocessing_for(config.data)
+  if prep.size != size:
+    prep = dataclasses.replace(prep, size=size)
+  video = np.stack([prep(f)[0] for f in frames]).astype(np.float32)
+  t_total = len(video)
+  clip = t_total if clip_length <= 0 else int(clip_length)
+  predict = _clip_predict(run, eval_mode)
+  params = state.variables()
+  parts = []
+  for start in range(0, t_total, clip):
+    x = video[start:start + clip]
+    parts.append(jax.device_get(predict(params, x[None])))
+  res = {k: np.concatenate([p[k][0] for p in parts], 0) for k in parts[0]}
+  masks = res["masks"][..., 0].astype(np.float32)  # [T, K, H, W]
+  labels = np.argmax(masks, axis=1).astype(np.uint8)  # [T, H, W]
+  k = masks.shape[1]
+  os.makedirs(os.path.join(output, "frames"), exist_ok=True)
+  overlays = []
+  for t in range(t_total):
+    rgb = grids.to_uint8(video[t])
+    seg = Image.fromarray(labels[t])
+    seg.putpalette(_palette_bytes())
+    seg.save(os.path.join(output, "frames", f"segmentation_{t:04d}.png"))
+    Image.fromarray(rgb).save(os.path.join(output, "frames",
+                                           f"input_{t:04d}.png"))
+    colours = grids.labels_to_rgb(labels[t].astype(np.int64) + 1)
+    overlay = (0.5 * rgb + 0.5 * colours).round().astype(np.uint8)
+    Image.fromarray(overlay).save(os.path.join(output, "frames",
+                                               f"overlay_{t:04d}.png"))
+    overlays.append(np.concatenate([rgb, overlay], axis=1))
+  from ocjax.viz import video as video_viz  # pylint: disable=g-import-not-at-top
+  video_viz.save_gif(os.path.join(output, "tracks.gif"), overlays)
+  arrays = {"masks": masks, "segmentation": labels.astype(np.int32),
+            "latents": res["latents"].astype(np.float32),
+            "recon": res["recon"].astype(np.float32)}
+  for key in ("z_pres", "boxes"):
+    if f"aux/{key}" in res:
+      arrays[key] = res[f"aux/{key}"]
+  np.savez(os.path.join(output, "tracks.npz"), **arrays)
+  tracks = []
+  for s in range(k):
+    area = (labels == s).reshape(t_total, -1).sum(1)
+    present = np.flatnonzero(area)
+    tracks.append({"slot": s, "frames_present": int(present.size),
+                   "first_frame": int(present[0]) if present.size else None,
+                   "last_frame": int(present[-1]) if present.size else None,
+                   "mean_area": float(area[present].mean())
+                   if present.size else 0.0})
+  return {"sources": sources, "num_frames": t_total, "clip_length": clip,
+          "num_slots": k, "tracks": tracks,
+          "preprocessing": prep.description, "resize": prep.resize,
+          "crop_fraction": prep.crop_fraction, "image_size": size}
+
+
 # -------------------------------------------------------------------- main
 def _batches(files: Sequence[str], prep: Preprocess, batch_size: int,
              errors: list[dict[str, str]]) -> Iterator[list[dict[str, Any]]]:
@@ -245,8 +373,10 @@ def _batches(files: Sequence[str], prep: Preprocess, batch_size: int,
 
 def segment(workdir: str, input_path: str, output: str | None = None, *,
             step: int | None = None, batch_size: int = 16,
-            eval_mode: str | None = None) -> dict[str, Any]:
-  """Segments the image(s) at ``input_path``; returns the run summary.
+            eval_mode: str | None = None,
+            clip_length: int = 0) -> dict[str, Any]:
+  """Segments the image(s) at ``input_path``, or for a video model tracks
+  the video there; returns the run summary.
 
   Args:
     workdir: a training run (``config.json`` and ``checkpoints/``).
@@ -255,30 +385,22 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
     step: checkpoint step (default: the latest).
     batch_size: images per compiled call (the last batch is padded).
     eval_mode: one of the model's evaluation modes (default: its first).
+    clip_length: video models: frames per call (0: the whole video as one
+      clip; slot identities restart with each clip).
 
   Raises:
     SegmentError: no images, a single unreadable image, or none readable.
   """
-  files = list_images(input_path)
   if batch_size < 1:
     raise SegmentError(f"--batch_size={batch_size}; expected >= 1.")
   run, state = run_lib.restore(workdir, step)
   config, model = run.config, run.model
-  if model.input_key != "image":
-    raise SegmentError(f"Model {config.model.name!r} reads {model.input_key}s;"
-                       " this command segments images.")
   step = int(state.step)
   modes = list(model.eval_modes)
   eval_mode = eval_mode or modes[0]
   if eval_mode not in modes:
     raise SegmentError(f"--eval_mode={eval_mode}: model "
                        f"{config.model.name!r} has the modes {modes}.")
-  size = int(model.dummy_batch(1)["image"].shape[1])
-  prep = data_pipelines.preprocessing_for(config.data)
-  if prep.size != size:
-    prep = dataclasses.replace(prep, size=size)
-  predict = make_predict(run, eval_mode)
-  params = state.variables()
   name = os.path.basename(os.path.normpath(input_path))
   if os.path.isfile(input_path):
     name = os.path.splitext(name)[0]
@@ -286,6 +408,27 @@ def segment(workdir: str, input_path: str, output: str | None = None, *,
   if os.path.exists(output) and not os.path.isdir(output):
     raise SegmentError(f"--output={output} is a file; name a folder (it is "
                        "created if missing).")
+  if model.input_key == "video":
+    if clip_length < 0:
+      raise SegmentError(f"--clip_length={clip_length}; expected >= 0.")
+    summary = segment_video(run, state, input_path, output,
+                            eval_mode=eval_mode, clip_length=clip_length)
+    summary.update({"workdir": os.path.abspath(workdir), "step": step,
+                    "output": os.path.abspath(output),
+                    "model": str(config.model.name),
+                    "dataset": str(config.data.name), "eval_mode": eval_mode,
+                    "num_images": summary["num_frames"], "errors": []})
+    with open(os.path.join(output, "segment.json"), "w",
+              encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+    return summary
+  size = int(model.dummy_batch(1)["image"].shape[1])
+  prep = data_pipelines.preprocessing_for(config.data)
+  if prep.size != size:
+    prep = dataclasses.replace(prep, size=size)
+  files = list_images(input_path)
+  predict = make_predict(run, eval_mode)
+  params = state.variables()
   os.makedirs(output, exist_ok=True)
 
   errors: list[dict[str, str]] = []
@@ -345,17 +488,26 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--step", type=int, default=None,
                       help="Checkpoint step (default: the latest).")
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--clip_length", type=int, default=0,
+                      help="Video models: frames per call (0: the whole "
+                      "video; identities restart with each clip).")
   parser.add_argument("--eval_mode", default=None,
                       help="One of the model's evaluation modes (e.g. fixed "
                       "or flexible K); default: its first.")
   args = parser.parse_args(argv)
   try:
     run = segment(args.workdir, args.input, args.output, step=args.step,
-                  batch_size=args.batch_size, eval_mode=args.eval_mode)
+                  batch_size=args.batch_size, eval_mode=args.eval_mode,
+                  clip_length=args.clip_length)
   except (SegmentError, FileNotFoundError, ValueError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  if "tracks" in run:
+    print(f"Tracked {run['num_frames']} frame(s) with step {run['step']} "
+          f"({run['preprocessing']}); wrote {run['output']}/ (tracks.gif, "
+          "frames/, tracks.npz).")
+    return 0
   print(f"Segmented {run['num_images']} image(s) with step {run['step']} "
         f"({run['preprocessing']}); wrote {run['output']}/"
         + (f"; {len(run['errors'])} file(s) could not be read."

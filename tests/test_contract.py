@@ -177,6 +177,10 @@ def test_evaluation_runner(trained):
     for name in run.model.segmentation_names:
       for score in runner.SCORES:
         assert f"{mode}/{name}/{score}" in results
+      # Videos: the MOT protocol, from the slots as tracks (APEX Table II).
+      for score in runner.MOT_SCORES:
+        assert (f"{mode}/{name}/mot_{score}" in results) == (
+            run.model.input_key == "video"), score
   assert np.isfinite(results[f"{modes[0]}/"
                              f"{run.model.reported_segmentation}/ari"])
   assert results["num_images"] == config.eval.num_examples
@@ -196,11 +200,12 @@ def test_evaluation_runner(trained):
 
 
 @pytest.mark.slow
-def test_segment_a_png(trained, tmp_path):
+def test_segment_a_png_or_a_video(trained, tmp_path):
   config, workdir, _ = trained
   run = run_lib.build(config)
-  if run.model.input_key != "image":
-    pytest.skip("segment reads images; video models segment videos")
+  if run.model.input_key == "video":
+    _segment_a_video(run, workdir, tmp_path)
+    return
   rng = np.random.default_rng(0)
   path = tmp_path / "scene.png"
   Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
@@ -215,3 +220,37 @@ def test_segment_a_png(trained, tmp_path):
   np.testing.assert_allclose(masks.sum(0), 1.0, atol=1e-4)
   assert summary["preprocessing"] == data_pipelines.preprocessing_for(
       config.data).description
+
+
+def _segment_a_video(run, workdir, tmp_path):
+  """A video model tracks an mp4 and a folder of frames (`ocjax.segment`)."""
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  frames = (rng.random((4, 40, 48, 3)) * 255).astype(np.uint8)
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for t, f in enumerate(frames):
+    Image.fromarray(f).save(folder / f"frame_{t:02d}.png")
+  mp4 = str(tmp_path / "clip.mp4")
+  writer = imageio_ffmpeg.write_frames(mp4, (48, 40), macro_block_size=8)
+  writer.send(None)
+  for f in frames:
+    writer.send(np.ascontiguousarray(f))
+  writer.close()
+  size = int(run.model.dummy_batch(1)["video"].shape[2])
+  for source, clip_length in ((str(folder), 0), (mp4, 3)):
+    out = tmp_path / ("out_" + os.path.basename(source))
+    summary = segment.segment(workdir, source, str(out),
+                              clip_length=clip_length)
+    assert summary["num_frames"] == 4 and len(summary["sources"]) == 4
+    k = summary["num_slots"]
+    assert len(summary["tracks"]) == k
+    with np.load(out / "tracks.npz") as z:
+      assert z["masks"].shape == (4, k, size, size)
+      np.testing.assert_allclose(z["masks"].sum(1), 1.0, atol=1e-4)
+      np.testing.assert_array_equal(z["segmentation"],
+                                    z["masks"].argmax(1))
+    with Image.open(out / "frames" / "segmentation_0003.png") as seg:
+      assert seg.size == (size, size) and seg.mode == "P"
+    assert os.path.exists(out / "tracks.gif")
+    assert json.loads((out / "segment.json").read_text())["step"] >= 0
