@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Any
 
 import ml_collections
@@ -45,6 +46,7 @@ from data_pipelines import video_common as vc
 
 NAME = "p2d"
 _DATASET_TAG = 4
+_CONNECT_LOCK = threading.Lock()
 ARM_ID = 1  # Track id of the Panda arm; objects are 2, 3, ...
 
 # name -> (kind, source or primitive, size parameters, scale, rgba, mass kg).
@@ -145,6 +147,25 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def connect():
+  """A headless (DIRECT) pybullet client; pybullet's C side prints a line
+  ("argv[0]=") on every connection, which is kept off stdout (the file
+  descriptor is swapped under a lock: tf.data simulates in threads)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  pybullet, _, bullet_client = require_pybullet()
+  with _CONNECT_LOCK:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+      with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        return bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+    finally:
+      os.dup2(saved, 1)
+      os.close(saved)
 
 
 def preset_config(preset: str) -> ml_collections.ConfigDict:
@@ -335,7 +356,7 @@ def generate_episode(spec: Spec, split: str, index: int,
   With ``return_state``, also ``ee_positions`` [T, 3] (gripper tip, world
   metres), ``line`` (start, end) and ``kinds`` of the objects.
   """
-  pybullet, pybullet_data, bullet_client = require_pybullet()
+  _, pybullet_data, _ = require_pybullet()
   rng = np.random.default_rng([
       vc.CONTENT_STREAM, _DATASET_TAG, stream.seed_word(spec.content_seed),
       stream.split_id(split), int(index)])
@@ -345,7 +366,7 @@ def generate_episode(spec: Spec, split: str, index: int,
   positions = _object_positions(rng, n, start, end, spec)
   yaws = rng.uniform(0, 2 * np.pi, n)
 
-  p = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+  p = connect()
   try:
     data_path = pybullet_data.getDataPath()
     p.setAdditionalSearchPath(data_path)

@@ -70,3 +70,20 @@ def test_validation_and_missing_pybullet(monkeypatch):
   with pytest.raises(ImportError, match=r"pip install \.\[sim\]"):
     data_pipelines.get_dataset(_small(), "train", batch_size=1, seed=0,
                                process_index=0, process_count=1)
+
+
+def test_connections_keep_pybullets_banner_off_stdout(capfd):
+  import threading
+  clients = []
+  threads = [threading.Thread(target=lambda: clients.append(p2d.connect()))
+             for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  for c in clients:
+    c.disconnect()
+  print("stdout still works")
+  out = capfd.readouterr().out
+  assert "argv[0]" not in out and "stdout still works" in out
+  assert len(clients) == 4
