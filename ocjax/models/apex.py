@@ -641,6 +641,8 @@ class Apex(base.ObjectCentricModel):
         segmentations={"masks": masks},
         aux={"num_slots_used": jnp.mean(tm(outs["num_objects"]), axis=1),
              "z_pres": tm(outs["pres"]), "boxes": tm(outs["boxes"]),
+             # The track slots' presence and z_what (the arrangement task).
+             "presence": tm(outs["pres"]), "appearance": tm(outs["what"]),
              "temperature": tau})
 
 
