@@ -377,17 +377,28 @@ def _check_forward(ref, res, prefix, tol, group):
 def _check_losses(ref, res, prefix, tol, group):
   out, metrics = res["out"], res["metrics"]
   o = lambda k: ref[f"{prefix}{k}"]
+  if prefix == "out/":
+    # A float32 loss within ``tol`` or the reference's own float32 error
+    # (against its float64 run), whichever is larger: the pixel entropy loss
+    # is ~6e-10, a float32 sum over 20k pixels whose last bits follow the
+    # CPU's vector width (the reference's float32 is 4e-5 off its float64).
+    tol_of = lambda k: max(tol, _rel_err(ref[f"out/{k}"], ref[f"out64/{k}"]))
+  else:
+    tol_of = lambda k: tol
   _assert_close(np.mean(out.losses["reconstruction"]), o("loss_reconstruction"),
-                tol, "loss_reconstruction", group)
+                tol_of("loss_reconstruction"), "loss_reconstruction", group)
   _assert_close(np.mean(out.aux["pixel_entropy_loss"]),
-                o("loss_pixel_entropy"), tol, "loss_pixel_entropy", group)
+                o("loss_pixel_entropy"), tol_of("loss_pixel_entropy"),
+                "loss_pixel_entropy", group)
   ratio = float(out.aux["entropy_weight"][0]) / float(
       ref["meta/pixel_entropy_loss_weight"])
   _assert_close(ratio, o("entropy_warmup_ratio"), tol, "entropy_warmup_ratio",
                 group)
-  _assert_close(metrics["entropy"], o("loss_pixel_entropy_weighted"), tol,
+  _assert_close(metrics["entropy"], o("loss_pixel_entropy_weighted"),
+                tol_of("loss_pixel_entropy_weighted"),
                 "loss_pixel_entropy_weighted", group)
-  _assert_close(res["loss"], o("loss_total"), tol, "loss_total", group)
+  _assert_close(res["loss"], o("loss_total"), tol_of("loss_total"),
+                "loss_total", group)
 
 
 def test_forward_float32(ref, run32):
@@ -472,8 +483,8 @@ def test_alt_regime_float32(ref, alt32):
                 a("normalized_weights"), TOL32_STN, "normalized_weights",
                 "alt32")
   _assert_close(_kb(inter["normalized_weights"][0][..., 0]),
-                ref["alt64/normalized_weights"], TOL32, "normalized_weights",
-                "alt32_vs_64")
+                ref["alt64/normalized_weights"], TOL32_STN,
+                "normalized_weights", "alt32_vs_64")  # after the STN
   _assert_close(np.asarray(out.aux["foreground_mask"])[..., 0],
                 a("foreground_masks"), TOL32_STN, "foreground_masks", "alt32")
   _assert_close(_nchw(out.recon), a("reconstruction"), TOL32_STN,
