@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.bg_encoder_channels = (16, 32, 64, 64)
   model.mask_bound = 5.0  # c of Eq. (7)
   model.min_scale = 0.05
+  model.scale_anchor = -2.0  # discovered boxes ~0.16 of the half-image
   model.where_update = 0.2  # SCALOR
   model.sigma_fg = 0.1  # Sec. IV-A
   model.sigma_bg = 0.04  # Sec. IV-A

@@ -378,7 +378,9 @@ class FrameStep(nn.Module):
     raw = self.sample(*q_where_d)
     centre = jnp.asarray(grid_centres(gs)) + (2.0 / gs) * jnp.tanh(
         raw[..., 2:])
-    where_d = jnp.concatenate([raw[..., :2], centre], -1)
+    # Scale logits about an anchor (SCALOR's size anchor, G-SWM's prior
+    # mean): small boxes under the N(0, I) prior (docs/apex.md).
+    where_d = jnp.concatenate([raw[..., :2] + m.scale_anchor, centre], -1)
     box_d = boxes_from_where(where_d, m.min_scale)
     glimpse_d = self.glimpse_cnn(stn.crop_boxes(src, box_d, m.crop_size))
     d = gs * gs
@@ -502,6 +504,8 @@ class Apex(base.ObjectCentricModel):
     bg_encoder_channels: the background encoder's widths.
     mask_bound: c of Eq. (7).
     min_scale: the smallest box (fraction of the half-image).
+    scale_anchor: the discovered boxes' scale logit at the prior's mean
+      (-2: ``0.05 + 0.95 sigmoid(-2) = 0.16`` of the half-image).
     where_update: how far a propagated box moves per frame (SCALOR 0.2).
     sigma_fg, sigma_bg: Eq. (1)'s fixed standard deviations (0.1, 0.04).
     presence_threshold: the filtering threshold on z_pres.
@@ -533,6 +537,7 @@ class Apex(base.ObjectCentricModel):
   bg_encoder_channels: Sequence[int] = (16, 32, 64, 64)
   mask_bound: float = 5.0
   min_scale: float = 0.05
+  scale_anchor: float = -2.0
   where_update: float = 0.2
   sigma_fg: float = 0.1
   sigma_bg: float = 0.04
