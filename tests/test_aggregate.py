@@ -174,3 +174,18 @@ def test_tracking_table_and_comparison_rows(tmp_path):
       [sys.executable, "-m", "ocjax.eval.aggregate", "--row=APEX"],
       cwd=REPO, capture_output=True, text=True, check=False)
   assert bad.returncode == 2 and "NAME=DIR" in bad.stderr
+
+
+def test_miou_column_appears_where_the_results_have_it(tmp_path):
+  for seed, value in ((0, 0.4), (1, 0.6)):
+    folder = tmp_path / f"seed{seed}" / "eval"
+    folder.mkdir(parents=True)
+    (folder / "100.json").write_text(json.dumps({
+        "step": 100, "dataset": "sprites", "num_images": 8,
+        "fixed/masks/ari_fg": 0.5, "fixed/masks/msc_fg": 0.5,
+        "fixed/masks/ari": 0.5, "fixed/masks/msc": 0.5,
+        "fixed/masks/miou": value, "mse": 0.01}))
+  agg = aggregate.aggregate([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+  md = aggregate.format_markdown(agg)
+  assert "| K | Masks | ARI-FG | MSC-FG | ARI | MSC | mIoU | Avg. K |" in md
+  assert "0.500 ± 0.141" in md

@@ -137,3 +137,35 @@ def test_config_from_workdir_fills_fields_added_since(tmp_path):
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(ValueError, match="no 'model' section"):
     run_lib.config_from_workdir(str(tmp_path))
+
+
+def test_evaluate_scores_clevrtex_miou_of_every_image_segmentation(run):
+  """mIoU (CLEVRTEX's matched IoU, paper 003's metric) of each segmentation,
+  recomputed here from the model's masks on the same held-out images."""
+  import data_pipelines  # pylint: disable=g-import-not-at-top
+  from ocjax.metrics import segmentation as seg_metrics  # pylint: disable=g-import-not-at-top
+  config, workdir = run
+  r, state = run_lib.restore(workdir)
+  variables = state.variables()
+  results = runner.evaluate_variables(r, variables)
+  apply = r.apply_fn("eval", "fixed")
+  ds = data_pipelines.get_dataset(config.data, config.eval.split,
+                                  batch_size=config.eval.batch_size,
+                                  seed=config.seed, repeat=False)
+  expected, seen = {}, 0
+  for batch in data_pipelines.iterate(ds):
+    if seen >= config.eval.num_examples:
+      break
+    out = apply(variables, run_lib.model_inputs(batch))
+    keep = np.asarray(batch["valid"], bool)
+    for name, masks in out.segmentations.items():
+      miou = seg_metrics.miou_clevrtex_from_masks(
+          np.asarray(masks)[keep], np.asarray(batch["segmentation"])[keep])
+      expected.setdefault(name, []).append(miou["miou"])
+    seen += int(keep.sum())
+  assert expected
+  for name, chunks in expected.items():
+    values = np.concatenate(chunks)[:config.eval.num_examples]
+    assert 0.0 <= results[f"fixed/{name}/miou"] <= 1.0
+    assert results[f"fixed/{name}/miou"] == pytest.approx(np.mean(values))
+  assert "miou" in runner.format_table(results).splitlines()[0]

@@ -33,12 +33,12 @@ import json
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 SEG_COLUMNS = (("ari_fg", "ARI-FG"), ("msc_fg", "MSC-FG"), ("ari", "ARI"),
-               ("msc", "MSC"))
+               ("msc", "MSC"), ("miou", "mIoU"))
 # The MOT protocol of video models (`ocjax.eval.runner.MOT_SCORES`; APEX's
 # Table II), keys ``<mode>/<segmentation>/mot_<score>``.
 MOT_COLUMNS = (("mot_mota", "MOTA"), ("mot_motp", "MOTP"),
@@ -177,6 +177,13 @@ def segmentation_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
   return sorted(pairs, key=lambda p: (order.get(p[0], 2), p[0], p[1]))
 
 
+def _seg_columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+  """`SEG_COLUMNS`, mIoU only where the results have it (image models since
+  it joined the evaluation)."""
+  has_miou = any(k.endswith("/miou") for k in metrics)
+  return tuple(c for c in SEG_COLUMNS if c[0] != "miou" or has_miou)
+
+
 def format_markdown(agg: dict[str, Any]) -> str:
   """The paper-shaped markdown tables of `aggregate`'s result."""
   m, n = agg["metrics"], agg["num_runs"]
@@ -185,14 +192,15 @@ def format_markdown(agg: dict[str, Any]) -> str:
            f"{', '.join(map(str, steps))}): mean ± std "
            f"(ddof={agg['std_ddof']}).", ""]
   rows = segmentation_rows(m)
+  seg_columns = _seg_columns(m)
   if rows:
-    head = ["K", "Masks"] + [name for _, name in SEG_COLUMNS] + ["Avg. K"]
+    head = ["K", "Masks"] + [name for _, name in seg_columns] + ["Avg. K"]
     lines += ["| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for mode, seg in rows:
       cells = [mode, seg]
       cells += [_fmt(s, m.get(f"{mode}/{seg}/{s}"), n)
-                for s, _ in SEG_COLUMNS]
+                for s, _ in seg_columns]
       cells.append(_fmt(f"{mode}/num_slots", m.get(f"{mode}/num_slots"), n))
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -237,7 +245,8 @@ def format_comparison(result: dict[str, Any]) -> str:
   ``mean ± std`` over the group's runs."""
   groups = result["groups"]
   tracked = any(k.endswith("/mot_mota") for g in groups for k in g["metrics"])
-  head = ["Model", "Runs"] + [name for _, name in SEG_COLUMNS]
+  seg_columns = _seg_columns({k: 0 for g in groups for k in g["metrics"]})
+  head = ["Model", "Runs"] + [name for _, name in seg_columns]
   if tracked:
     head += [name for _, name in MOT_COLUMNS]
   lines = ["| " + " | ".join(head) + " |",
@@ -246,7 +255,7 @@ def format_comparison(result: dict[str, Any]) -> str:
     m, n = g["metrics"], g["num_runs"]
     rows = segmentation_rows(m)
     prefix = "/".join(rows[0]) if rows else ""
-    keys = [s for s, _ in SEG_COLUMNS] + (
+    keys = [s for s, _ in seg_columns] + (
         [s for s, _ in MOT_COLUMNS] if tracked else [])
     cells = [g["name"], str(n)] + [_fmt(f"{prefix}/{k}",
                                         m.get(f"{prefix}/{k}"), n)

@@ -5,7 +5,8 @@ follow one object over time to score well).
 
 Writes ``<workdir>/eval/<step>.json`` and prints a table. Metrics (see
 `ocjax.metrics.segmentation`): ARI and ARI-FG, MSC and MSC-FG (mean
-segmentation covering, paper 001) and their pixel-weighted variants, per
+segmentation covering, paper 001) and their pixel-weighted variants, and
+for images CLEVRTEX's matched mIoU (background included, paper 003), per
 image then averaged; plus the per-image loss terms and reconstruction MSE.
 """
 
@@ -55,10 +56,11 @@ def make_eval_fn(run: run_lib.Run, mode: str):
 
   @functools.partial(jax.jit, static_argnames=("num_true_labels",))
   def evaluate_batch(variables, batch, segmentation, *, num_true_labels):
-    """Per-image scores and, for videos, each segmentation's argmax over
-    slots ``[B, T, H, W]`` (the slot index is the track id)."""
+    """Per-image scores and each segmentation's argmax over slots:
+    ``[B, T, H, W]`` for videos (the slot index is the track id), and
+    ``([B, H, W], K)`` for images (mIoU pads both to at least K labels)."""
     out = apply(variables, batch)
-    tracks = {}
+    labels = {}
     image = batch[input_key]
     res = {"mse": jnp.mean((out.recon - image) ** 2,
                            axis=tuple(range(1, image.ndim)))}
@@ -68,14 +70,16 @@ def make_eval_fn(run: run_lib.Run, mode: str):
     for name, masks in out.segmentations.items():
       if masks.ndim == 6:  # Video [B, T, K, H, W, 1]: one score per clip,
         # with time stacked along the height (a slot is one track over time).
-        tracks[name] = jnp.argmax(masks[..., 0], axis=2).astype(jnp.int32)
+        labels[name] = jnp.argmax(masks[..., 0], axis=2).astype(jnp.int32)
         masks, truth = seg_metrics.stack_time(masks, segmentation)
       else:
+        labels[name] = (seg_metrics.labels_from_masks(masks),
+                        jnp.int32(masks.shape[1]))
         truth = segmentation
       scores = seg_metrics.segmentation_metrics(
           masks, truth, num_true_labels=num_true_labels)
       res.update({f"{name}/{s}": scores[s] for s in SCORES})
-    return res, tracks
+    return res, labels
 
   return evaluate_batch
 
@@ -148,15 +152,22 @@ def evaluate_variables(run: run_lib.Run, variables, *,
         index * ec.batch_size + np.flatnonzero(keep))
     truth = None
     for mode, fn in modes.items():
-      out, tracks = fn(variables, inputs, segmentation,
+      out, labels = fn(variables, inputs, segmentation,
                        num_true_labels=bound)
-      for name, labels in tracks.items():  # videos: the MOT protocol
+      for name, pred in labels.items():
         if truth is None:
           truth = _fetch(segmentation)
         key = f"{mode}/{name}"
-        if key not in trackers:
-          trackers[key] = tracking.MOTEvaluator()
-        trackers[key].add_batch(truth, _fetch(labels), keep)
+        if isinstance(pred, tuple):  # images: CLEVRTEX's matched mIoU
+          pred, num_slots = pred  # (AST-Seg's Tables 1-3)
+          miou = seg_metrics.miou_clevrtex(
+              _fetch(pred)[keep], truth[keep], num_slots=int(num_slots),
+              num_true_labels=bound)["miou"]
+          per_image.setdefault(f"{key}/miou", []).append(miou)
+        else:  # videos: the MOT protocol
+          if key not in trackers:
+            trackers[key] = tracking.MOTEvaluator()
+          trackers[key].add_batch(truth, _fetch(pred), keep)
       for key, value in out.items():
         shared = key == "mse" or key.startswith("loss_")
         if shared and mode != first:
@@ -183,11 +194,13 @@ def format_table(results: dict[str, Any]) -> str:
   """A plain-text table: one row per (evaluation mode, segmentation)."""
   rows = sorted({tuple(k.split("/")[:2]) for k in results
                  if k.count("/") == 2})
-  head = f"{'mode':9s} {'masks':10s} " + " ".join(f"{s:>13s}" for s in SCORES)
+  scores = SCORES + (("miou",) if any(k.endswith("/miou") for k in results)
+                     else ())
+  head = f"{'mode':9s} {'masks':10s} " + " ".join(f"{s:>13s}" for s in scores)
   lines = [head, "-" * len(head)]
   for mode, name in rows:
     vals = " ".join(f"{results.get(f'{mode}/{name}/{s}', float('nan')):13.4f}"
-                    for s in SCORES)
+                    for s in scores)
     lines.append(f"{mode:9s} {name:10s} {vals}")
   for mode, name in rows:
     if f"{mode}/{name}/mot_mota" in results:
