@@ -14,21 +14,24 @@ batch 64, 125k steps.
 
     python -m ocjax.main --config=experiments/ast_seg.py --workdir=runs/ast
 
-Curriculum training (CT, Sec. 4.2), two runs:
+Curriculum training (CT, Sec. 4.2), the three phases in one command that
+resumes after a kill in any phase (`ocjax.train.curriculum`):
 
-    # phase 1: the background autoencoder alone, AE-NE's robust loss
-    python -m ocjax.main \
-        --config=experiments/ast_seg.py:shapestacks,background \
-        --config.data.data_dir=DIR --workdir=runs/ast_bg
-    python -m ocjax.convert.ast_seg export-background runs/ast_bg bg.npz
-    # phases 2 (30k steps, background frozen) and 3 (joint), one run
     python -m ocjax.main --config=experiments/ast_seg.py:shapestacks \
-        --config.data.data_dir=DIR --config.model.background_weights=bg.npz \
-        --workdir=runs/ast
+        --config.data.data_dir=DIR --workdir=runs/ast
 
-The phase follows the training step (the optimizer step, which the trainer
-passes to models that declare ``uses_step``; see `ocjax.models.ast_seg`). Differences from the official training loop: it
-starts phase 3 with a fresh Adam state for every network, here the
+Phase 1 (the background autoencoder alone, AE-NE's robust loss) trains in
+``runs/ast/background`` and its autoencoder is exported to
+``runs/ast/background/export.npz``; phases 2 (30k steps, background frozen)
+and 3 (joint) are then one run in ``runs/ast`` started from that file, the
+phase following the training step (the optimizer step, which the trainer
+passes to models that declare ``uses_step``; see `ocjax.models.ast_seg`).
+Phase 1's fields are ``--config.curriculum.background.changes.<field>``
+(e.g. ``...changes.train.num_steps=2500``); a given
+``--config.model.background_weights=bg.npz`` skips it. Phase 1 alone:
+``:shapestacks,background``; its export: ``python -m ocjax.convert.ast_seg
+export-background RUN_DIR bg.npz``. Differences from the official training
+loop: it starts phase 3 with a fresh Adam state for every network, here the
 background autoencoder's moments start from zero while the others continue.
 
 Presets, ``--config=experiments/ast_seg.py:<preset>``:
@@ -42,8 +45,8 @@ Presets, ``--config=experiments/ast_seg.py:<preset>``:
   shapestacks    K = 6, 64x64, isotropic (--config.data.data_dir=DIR)
   objects_room   K = 3, 64x64, anisotropic (--config.data.data_dir=DIR)
 Options may follow the preset, comma-separated:
-  background      phase 1: background autoencoder pretraining (batch 128,
-                  Adam 2e-3, /10 at 80%, 500k steps; 2,500 on CLEVR)
+  background      phase 1 alone: background autoencoder pretraining (batch
+                  128, Adam 2e-3, /10 at 80%, 500k steps; 2,500 on CLEVR)
   baseline        BT: background autoencoder from random weights, trained
                   jointly from the start
   frozen_background   Table 4: the background stays frozen throughout
@@ -146,6 +149,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for o in options:
     if not common.apply_shared_option(c, o):
       _apply_option(c, o, preset)
+  if (c.model.phase == "objects" and c.model.background_model
+      and c.model.background_training in ("curriculum", "frozen")):
+    add_curriculum(c, preset, smoke="smoke" in options)
   c.lock()
   return c
 
@@ -191,25 +197,50 @@ def _real_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
   c.model.background_complexity = complex_bg
 
 
+def background_phase(preset: str) -> dict[str, object]:
+  """The fields phase 1 changes: the background autoencoder alone with its
+  robust loss (background/config.py, background/train.py): Adam 2e-3
+  (AdamW, weight decay 0), betas (0.9, 0.999), batch 128, learning rate /10
+  at 4/5 of training."""
+  steps = _DATASETS.get(preset, (0, 0, 0, 0, 500_000))[4]
+  batch = 128
+  if preset == "quick":
+    batch, steps = 8, 3_000
+  return {"model.phase": "background", "optimizer.learning_rate": 2e-3,
+          "optimizer.b1": 0.9, "optimizer.b2": 0.999, "optimizer.eps": 1e-8,
+          "optimizer.warmup_steps": 0, "optimizer.late_decay_fraction": 0.8,
+          "optimizer.late_decay_factor": 0.1, "train.batch_size": batch,
+          "train.num_steps": steps}
+
+
+def add_curriculum(c: ml_collections.ConfigDict, preset: str,
+                   smoke: bool = False) -> None:
+  """Phase 1 before the run (`ocjax.train.curriculum`): its export sets
+  ``model.background_weights``; phases 2-3 are the run (by step). With
+  ``smoke`` phase 1 keeps the run's few steps of a small batch."""
+  fields = background_phase(preset)
+  if smoke:
+    fields["train.batch_size"] = c.train.batch_size
+    fields["train.num_steps"] = c.train.num_steps
+  changes = ml_collections.ConfigDict()
+  for field, value in fields.items():
+    section, name = field.split(".")
+    if section not in changes:
+      changes[section] = ml_collections.ConfigDict()
+    changes[section][name] = value
+  changes.train.eval_every = 0  # no objects yet: nothing to segment
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.phases = "background"
+  c.curriculum.background = ml_collections.ConfigDict()
+  c.curriculum.background.changes = changes
+  c.curriculum.background.export = "ocjax.convert.ast_seg:export_background"
+  c.curriculum.background.export_to = "model.background_weights"
+
+
 def _apply_option(c: ml_collections.ConfigDict, option: str,
                   preset: str) -> None:
   if option == "background":
-    # Phase 1 (background/config.py, background/train.py): AdamW 2e-3
-    # (weight decay 0), betas (0.9, 0.999), batch 128, learning rate / 10
-    # at 4/5 of training.
-    c.model.phase = "background"
-    c.optimizer.learning_rate = 2e-3
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    c.optimizer.warmup_steps = 0
-    c.optimizer.late_decay_fraction = 0.8
-    c.optimizer.late_decay_factor = 0.1
-    c.train.batch_size = 128
-    c.train.num_steps = _DATASETS.get(preset, (0, 0, 0, 0, 500_000))[4]
-    if preset == "quick":
-      c.train.batch_size = 8
-      c.train.num_steps = 3_000
+    common.set_fields(c, background_phase(preset))
   elif option == "baseline":
     c.model.background_training = "joint"
   elif option == "frozen_background":

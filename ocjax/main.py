@@ -4,7 +4,8 @@ r"""ocjax command line: train, evaluate or sample one experiment.
         --workdir=runs/quick [--mode=train|eval|sample|fid] [--config.x.y=v]
     python -m ocjax.main --workdir=runs/quick --mode=eval   # the run's config
 
-Re-running the same command resumes a killed run from its last checkpoint.
+Re-running the same command resumes a killed run from its last checkpoint
+(and a curriculum from its unfinished phase: `ocjax.train.curriculum`).
 Evaluation, sampling and FID use the run's own ``config.json``; a
 ``--config`` given with them may only change the ``eval``, ``sample`` and
 ``mesh`` sections.
@@ -60,6 +61,7 @@ def main(argv):
   from ocjax.eval import runner  # pylint: disable=g-import-not-at-top
   from ocjax.eval import sampling  # pylint: disable=g-import-not-at-top
   from ocjax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from ocjax.train import curriculum  # pylint: disable=g-import-not-at-top
   from ocjax.train import loop  # pylint: disable=g-import-not-at-top
   from ocjax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -69,6 +71,9 @@ def main(argv):
       hooks = [loop.Hook(every, lambda run, state, step, info: (
           runner.evaluate_state(run, workdir, state, step, info)))
               ] if every > 0 else []
+      # Earlier phases (e.g. AST-Seg's background pretraining), each its own
+      # resumable run in <workdir>/<phase>; they fill fields of the config.
+      config = curriculum.prepare(config, workdir, loop.train)
       loop.train(config, workdir, hooks=hooks)
       runner.evaluate(workdir)
     elif mode == "eval":
