@@ -149,8 +149,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for o in options:
     if not common.apply_shared_option(c, o):
       _apply_option(c, o, preset)
-  if (c.model.phase == "objects" and c.model.background_model
-      and c.model.background_training in ("curriculum", "frozen")):
+  if c.model.phase == "objects" and c.model.background_model:
     add_curriculum(c, preset, smoke="smoke" in options)
   c.lock()
   return c
@@ -235,6 +234,8 @@ def add_curriculum(c: ml_collections.ConfigDict, preset: str,
   c.curriculum.background.changes = changes
   c.curriculum.background.export = "ocjax.convert.ast_seg:export_background"
   c.curriculum.background.export_to = "model.background_weights"
+  # BT (baseline, the quick preset) trains the autoencoder from scratch.
+  c.curriculum.background.when = "model.background_training=curriculum,frozen"
 
 
 def _apply_option(c: ml_collections.ConfigDict, option: str,

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import ast_seg as ast_experiment
 from ocjax import run as run_lib
 from ocjax.convert import ast_seg as ast_convert
 from ocjax.train import curriculum
@@ -23,10 +22,9 @@ class Killed(Exception):
 def _config(background_freeze_steps: int = 100):
   """A tiny AST-Seg curriculum: phase 1 (4 steps), then phases 2-3."""
   c = run_lib.load_experiment("experiments/ast_seg.py:paper,tiny,smoke")
-  with c.unlocked():
+  with c.unlocked():  # tiny trains the background jointly (BT)
     c.model.background_training = "curriculum"
     c.model.background_freeze_steps = background_freeze_steps
-    ast_experiment.add_curriculum(c, "paper", smoke=True)
   return c
 
 
@@ -45,7 +43,7 @@ def _params(workdir: str):
 
 def test_phase_config_changes_only_the_declared_fields():
   c = run_lib.load_experiment("experiments/ast_seg.py:shapestacks")
-  assert curriculum.phase_names(c) == ["background"]
+  assert curriculum.phases_to_run(c) == ["background"]
   phase = curriculum.phase_config(c, "background")
   assert "curriculum" not in phase
   assert (phase.model.phase, phase.train.batch_size, phase.train.num_steps,
@@ -54,8 +52,16 @@ def test_phase_config_changes_only_the_declared_fields():
   assert phase.data.to_dict() == c.data.to_dict()
   # Baseline training (BT) and the quick preset have no phase 1.
   for spec in ("shapestacks,baseline", "quick", "shapestacks,background"):
-    assert not curriculum.phase_names(
+    assert not curriculum.phases_to_run(
         run_lib.load_experiment(f"experiments/ast_seg.py:{spec}"))
+  frozen = run_lib.load_experiment(
+      "experiments/ast_seg.py:shapestacks,frozen_background")
+  assert curriculum.phases_to_run(frozen) == ["background"]
+  # The condition follows the field, also when overridden after the preset.
+  quick = run_lib.load_experiment("experiments/ast_seg.py:quick")
+  with quick.unlocked():
+    quick.model.background_training = "curriculum"
+  assert curriculum.phases_to_run(quick) == ["background"]
 
 
 def test_bad_curriculum_sections_name_the_field():
@@ -68,6 +74,11 @@ def test_bad_curriculum_sections_name_the_field():
   with c.unlocked():
     c.curriculum.phases = "background,objects"
   with pytest.raises(run_lib.ConfigError, match="curriculum.objects"):
+    curriculum.prepare(c, "/nonexistent", lambda *a: None)
+  c = _config()
+  with c.unlocked():
+    c.curriculum.background.when = "model.nope=1"
+  with pytest.raises(run_lib.ConfigError, match="model.nope"):
     curriculum.prepare(c, "/nonexistent", lambda *a: None)
 
 
@@ -134,6 +145,15 @@ def test_resumes_after_a_kill_in_every_phase(tmp_path):
              ast_convert.background_weights(params).items()]
   assert any(changed)  # phase 3 trains the background too
   assert jax.tree.leaves(params)
+
+
+def test_a_phase_whose_condition_fails_is_skipped(tmp_path):
+  config = _config()
+  with config.unlocked():
+    config.model.background_training = "joint"
+  final = curriculum.prepare(config, str(tmp_path),
+                             lambda *a: pytest.fail("trained phase 1"))
+  assert final.model.background_weights == ""
 
 
 def test_a_given_export_skips_the_phase(tmp_path):

@@ -8,13 +8,15 @@ pretraining, paper 003 Sec. 4.2). Its ``curriculum`` section reads::
                                             # nested as in the config
     curriculum.background.export = "module:function"   # fn(run_dir, path)
     curriculum.background.export_to = "model.background_weights"
+    curriculum.background.when = "model.background_training=curriculum,frozen"
 
 Phase ``P`` trains in ``<workdir>/P`` with the config changed by
 ``changes`` (and without the ``curriculum`` section); when it has reached
 its ``train.num_steps``, ``export(<workdir>/P, <workdir>/P/export.npz)``
 writes what the later phases read, and the field ``export_to`` of every
 later phase (and of the run itself) is set to that file. A phase whose
-``export_to`` field is already set (the user gave the file) is skipped.
+``export_to`` field is already set (the user gave the file), or whose
+optional ``when`` (``field=value,value``) does not hold, is skipped.
 The run itself trains in ``<workdir>``, so evaluation, sampling and
 ``segment`` see the final model.
 
@@ -39,11 +41,17 @@ EXPORT_FILE = "export.npz"
 
 
 def phase_names(config) -> list[str]:
-  """The phases declared before the run (empty without a curriculum)."""
+  """The phases declared before the run (empty without a curriculum), whether
+  or not their ``when`` holds (`phases_to_run`)."""
   if "curriculum" not in config:
     return []
   names = [p.strip() for p in str(config.curriculum.phases).split(",")]
   return [p for p in names if p]
+
+
+def phases_to_run(config) -> list[str]:
+  """The declared phases whose ``when`` holds."""
+  return [p for p in phase_names(config) if _applies(config, p)]
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -93,6 +101,25 @@ def _exporter(spec: str) -> Callable[[str, str], Any]:
         "importable function.") from None
 
 
+def _applies(config, name: str) -> bool:
+  """Whether phase ``name``'s ``when`` condition holds (true without one)."""
+  spec = _phase_spec(config, name)
+  when = str(spec.get("when", "") or "")
+  if not when:
+    return True
+  field, sep, values = when.partition("=")
+  if not sep:
+    raise run_lib.ConfigError(
+        f"curriculum.{name}.when={when!r}: expected 'field=value,value'.")
+  try:
+    value = _get(config, field.strip())
+  except (KeyError, AttributeError):
+    raise run_lib.ConfigError(
+        f"curriculum.{name}.when names {field!r}, which the config does not "
+        "have.") from None
+  return str(value) in [v.strip() for v in values.split(",")]
+
+
 def phase_config(config, name: str) -> ml_collections.ConfigDict:
   """The config phase ``name`` trains with: the run's, changed by its
   ``changes``, without the ``curriculum`` section."""
@@ -132,9 +159,14 @@ def prepare(config, workdir: str,
   for name in names:  # every section checked before anything trains
     phase_config(config, name)
     _exporter(_phase_spec(config, name).export)
+    _applies(config, name)
   final = ml_collections.ConfigDict(config.to_dict())
   for name in names:
     spec = _phase_spec(config, name)
+    if not _applies(final, name):
+      writers.log("Curriculum: phase %r skipped (%s does not hold).", name,
+                  spec.when)
+      continue
     if _get(final, str(spec.export_to)):
       writers.log("Curriculum: phase %r skipped, %s=%s given.", name,
                   spec.export_to, _get(final, str(spec.export_to)))
@@ -155,6 +187,8 @@ def prepare(config, workdir: str,
       _exporter(spec.export)(phase_dir, tmp)
       os.replace(tmp, path)
       writers.log("Curriculum: phase %r exported to %s.", name, path)
+    else:
+      writers.log("Curriculum: phase %r done (%s).", name, path)
     _set(final, str(spec.export_to), path)
   final.lock()
   return final
