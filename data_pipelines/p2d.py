@@ -76,15 +76,15 @@ OBJECTS = {
 # Panda: 7 arm joints then 2 finger joints (the movable DoFs, in order).
 _ARM_JOINTS = tuple(range(7))
 _FINGER_JOINTS = (9, 10)
-_EE_LINK = 11  # panda_grasptarget_hand.
+EE_LINK = 11  # panda_grasptarget_hand.
 _LOWER = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973,
           0.0, 0.0)
 _UPPER = (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973, 0.04,
           0.04)
-_REST = (0.0, -0.2, 0.0, -2.3, 0.0, 2.1, 0.785, 0.0, 0.0)
+REST_POSE = (0.0, -0.2, 0.0, -2.3, 0.0, 2.1, 0.785, 0.0, 0.0)
 _FORCES = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0, 20.0, 20.0)
-_TABLE_TOP = 0.625  # pybullet_data table/table.urdf.
-_BASE = (0.0, 0.0, _TABLE_TOP)
+TABLE_TOP = 0.625  # pybullet_data table/table.urdf.
+ARM_BASE = (0.0, 0.0, TABLE_TOP)
 _CLEARANCE = 0.11  # Metres between objects, and from the gripper's start.
 GENERATION_FIELDS = (
     "image_size", "episode_length", "num_objects", "objects", "push_height",
@@ -276,13 +276,13 @@ def _object_positions(rng: np.random.Generator, n: int, start, end,
   return np.asarray(out).reshape(n, 2)
 
 
-def _spawn(client, data_path: str, kind: str, xy, yaw: float) -> int:
+def spawn(client, data_path: str, kind: str, xy, yaw: float) -> int:
   """Creates one object resting near the table top; returns its body id."""
   shape, source, size, scale, rgba, mass = OBJECTS[kind]
   p = client
   orn = p.getQuaternionFromEuler([0, 0, yaw])
   if shape == "urdf":
-    body = p.loadURDF(source, [xy[0], xy[1], _TABLE_TOP + 0.1], orn,
+    body = p.loadURDF(source, [xy[0], xy[1], TABLE_TOP + 0.1], orn,
                       globalScaling=scale)
     if rgba is not None:
       p.changeVisualShape(body, -1, rgbaColor=rgba)
@@ -290,7 +290,7 @@ def _spawn(client, data_path: str, kind: str, xy, yaw: float) -> int:
     lo, _ = p.getAABB(body)
     pos, _ = p.getBasePositionAndOrientation(body)
     p.resetBasePositionAndOrientation(
-        body, [pos[0], pos[1], pos[2] - (lo[2] - _TABLE_TOP) + 0.002], orn)
+        body, [pos[0], pos[1], pos[2] - (lo[2] - TABLE_TOP) + 0.002], orn)
     p.changeDynamics(body, -1, mass=mass)
     return body
   if shape == "sphere":
@@ -316,33 +316,36 @@ def _spawn(client, data_path: str, kind: str, xy, yaw: float) -> int:
                               rgbaColor=rgba)
     z = 0.0
   body = p.createMultiBody(mass, col, vis,
-                           [xy[0], xy[1], _TABLE_TOP + z + 0.002], orn)
+                           [xy[0], xy[1], TABLE_TOP + z + 0.002], orn)
   if shape == "mesh":
     lo, _ = p.getAABB(body)
     pos, _ = p.getBasePositionAndOrientation(body)
     p.resetBasePositionAndOrientation(
-        body, [pos[0], pos[1], pos[2] - (lo[2] - _TABLE_TOP) + 0.002], orn)
+        body, [pos[0], pos[1], pos[2] - (lo[2] - TABLE_TOP) + 0.002], orn)
   p.changeDynamics(body, -1, lateralFriction=0.6, rollingFriction=0.001,
                    spinningFriction=0.001)
   return body
 
 
-def _ik(client, arm: int, target_xyz, orn) -> list[float]:
+def ik(client, arm: int, target_xyz, orn) -> list[float]:
+  """Joint angles putting the gripper at ``target_xyz`` with ``orn``."""
   lower, upper = list(_LOWER), list(_UPPER)
   return list(client.calculateInverseKinematics(
-      arm, _EE_LINK, list(target_xyz), orn, lowerLimits=lower,
+      arm, EE_LINK, list(target_xyz), orn, lowerLimits=lower,
       upperLimits=upper,
       jointRanges=[u - l for l, u in zip(lower, upper)],
-      restPoses=list(_REST), maxNumIterations=100,
+      restPoses=list(REST_POSE), maxNumIterations=100,
       residualThreshold=1e-5))
 
 
-def _set_joints(client, arm: int, q) -> None:
+def set_joints(client, arm: int, q) -> None:
+  """Teleports the arm's joints (and fingers) to ``q``."""
   for j, v in zip(_ARM_JOINTS + _FINGER_JOINTS, q):
     client.resetJointState(arm, j, v)
 
 
-def _drive(client, arm: int, q) -> None:
+def drive(client, arm: int, q) -> None:
+  """Position control of the arm towards ``q`` (fingers closed)."""
   q = list(q[:7]) + [0.0, 0.0]  # Fingers closed: a compact pusher.
   client.setJointMotorControlArray(
       arm, list(_ARM_JOINTS + _FINGER_JOINTS), client.POSITION_CONTROL,
@@ -376,27 +379,27 @@ def generate_episode(spec: Spec, split: str, index: int,
     p.setGravity(0, 0, -9.81)
     p.loadURDF("plane.urdf")
     p.loadURDF("table/table.urdf", [0.5, 0, 0], useFixedBase=True)
-    arm = p.loadURDF("franka_panda/panda.urdf", list(_BASE),
+    arm = p.loadURDF("franka_panda/panda.urdf", list(ARM_BASE),
                      useFixedBase=True)
-    bodies = [_spawn(p, data_path, k, xy, yaw)
+    bodies = [spawn(p, data_path, k, xy, yaw)
               for k, xy, yaw in zip(kinds, positions, yaws)]
     track = {arm: ARM_ID}
     track.update({b: i + 2 for i, b in enumerate(bodies)})
 
     orn = p.getQuaternionFromEuler([math.pi, 0.0, 0.0])  # Pointing down.
-    z = _TABLE_TOP + spec.push_height
+    z = TABLE_TOP + spec.push_height
 
     def target(u):
       xy = (1 - u) * start + u * end
       return (xy[0], xy[1], z)
 
-    q = list(_REST)
-    _set_joints(p, arm, q)
+    q = list(REST_POSE)
+    set_joints(p, arm, q)
     for _ in range(20):  # Kinematic IK refinement at the start pose.
-      q = _ik(p, arm, target(0.0), orn)
-      _set_joints(p, arm, q)
+      q = ik(p, arm, target(0.0), orn)
+      set_joints(p, arm, q)
     for _ in range(spec.settle_steps):
-      _drive(p, arm, q)
+      drive(p, arm, q)
       p.stepSimulation()
 
     s = spec.image_size
@@ -419,12 +422,12 @@ def generate_episode(spec: Spec, split: str, index: int,
       ids = np.where(ids >= 0, ids & ((1 << 24) - 1), -1)
       pos = np.clip(np.searchsorted(lut_keys, ids), 0, len(lut_keys) - 1)
       seg[t] = np.where(lut_keys[pos] == ids, lut_vals[pos], 0)
-      ee[t] = p.getLinkState(arm, _EE_LINK)[4]
+      ee[t] = p.getLinkState(arm, EE_LINK)[4]
       if t + 1 < t_len:  # Move on along the line until the next frame.
         for k in range(1, steps + 1):
           u = (t + k / steps) / (t_len - 1)
-          q = _ik(p, arm, target(u), orn)
-          _drive(p, arm, q)
+          q = ik(p, arm, target(u), orn)
+          drive(p, arm, q)
           p.stepSimulation()
   finally:
     p.disconnect()

@@ -136,7 +136,7 @@ def object_states(labels: np.ndarray, points: np.ndarray,
   and parts off the workspace or higher than ``max_height`` above the table
   (the arm: the task excludes it) are dropped."""
   out = []
-  top_of_table = p2d._TABLE_TOP  # pylint: disable=protected-access
+  top_of_table = p2d.TABLE_TOP
   for k, app in appearances.items():
     sel = points[labels == k]
     if len(sel) < min_pixels:
@@ -248,7 +248,7 @@ class Scene:
     p.setGravity(0, 0, -9.81)
     p.loadURDF("plane.urdf")
     p.loadURDF("table/table.urdf", [0.5, 0, 0], useFixedBase=True)
-    self.arm = p.loadURDF("franka_panda/panda.urdf", list(p2d._BASE),  # pylint: disable=protected-access
+    self.arm = p.loadURDF("franka_panda/panda.urdf", list(p2d.ARM_BASE),
                           useFixedBase=True)
     self.down = p.getQuaternionFromEuler([math.pi, 0.0, 0.0])
     self.bodies: list[int] = []
@@ -263,13 +263,13 @@ class Scene:
     self.p.disconnect()
 
   def home(self) -> None:
-    p2d._set_joints(self.p, self.arm, p2d._REST)  # pylint: disable=protected-access
-    self.q = list(p2d._REST)  # pylint: disable=protected-access
+    p2d.set_joints(self.p, self.arm, p2d.REST_POSE)
+    self.q = list(p2d.REST_POSE)
 
   def spawn(self, positions: np.ndarray, yaws: np.ndarray) -> None:
     """Creates the group's objects at table positions ``[n, 2]``."""
     for kind, xy, yaw in zip(self.spec.group, positions, yaws):
-      self.bodies.append(p2d._spawn(self.p, self.data_path, kind, xy, yaw))  # pylint: disable=protected-access
+      self.bodies.append(p2d.spawn(self.p, self.data_path, kind, xy, yaw))
 
   def place(self, positions: np.ndarray, yaws: np.ndarray) -> None:
     """Puts the existing objects at new table positions, resting."""
@@ -281,13 +281,13 @@ class Scene:
                                         orn)
       lo, _ = p.getAABB(b)
       p.resetBasePositionAndOrientation(
-          b, [xy[0], xy[1], pos[2] + 0.2 - (lo[2] - p2d._TABLE_TOP) + 0.002],  # pylint: disable=protected-access
+          b, [xy[0], xy[1], pos[2] + 0.2 - (lo[2] - p2d.TABLE_TOP) + 0.002],
           orn)
       p.resetBaseVelocity(b, [0, 0, 0], [0, 0, 0])
 
   def settle(self, steps: int | None = None) -> None:
     for _ in range(self.spec.settle_steps if steps is None else steps):
-      self._drive(self.q)
+      self.drive(self.q)
       self.p.stepSimulation()
 
   def positions(self) -> np.ndarray:
@@ -315,11 +315,11 @@ class Scene:
             "ids": out_ids}
 
   # -------------------------------------------------------------- motion
-  def _drive(self, q) -> None:
-    p2d._drive(self.p, self.arm, q)  # pylint: disable=protected-access
+  def drive(self, q) -> None:
+    p2d.drive(self.p, self.arm, q)
 
   def _tip(self) -> np.ndarray:
-    return np.array(self.p.getLinkState(self.arm, p2d._EE_LINK)[4])  # pylint: disable=protected-access
+    return np.array(self.p.getLinkState(self.arm, p2d.EE_LINK)[4])
 
   def move_to(self, xyz) -> None:
     """The gripper tip along a straight segment to ``xyz`` (IK + position
@@ -329,9 +329,9 @@ class Scene:
                        * self.spec.sim_hz))
     for k in range(1, steps + 1):
       u = k / steps
-      self.q = p2d._ik(self.p, self.arm, (1 - u) * start + u * end,  # pylint: disable=protected-access
+      self.q = p2d.ik(self.p, self.arm, (1 - u) * start + u * end,
                        self.down)
-      self._drive(self.q)
+      self.drive(self.q)
       self.p.stepSimulation()
     self.settle(24)
 
@@ -345,7 +345,7 @@ class Scene:
 
   def execute(self, move: Move) -> bool:
     """One pick-and-place; False when nothing was there to grasp."""
-    top_table = p2d._TABLE_TOP  # pylint: disable=protected-access
+    top_table = p2d.TABLE_TOP
     carry = top_table + self.spec.carry_height
     src = np.asarray(move.source, np.float64)
     dst = np.asarray(move.target, np.float64)
@@ -356,11 +356,11 @@ class Scene:
       self.move_to([src[0], src[1], carry])
       return False
     p = self.p
-    tip = p.getLinkState(self.arm, p2d._EE_LINK)  # pylint: disable=protected-access
+    tip = p.getLinkState(self.arm, p2d.EE_LINK)
     pos, orn = p.getBasePositionAndOrientation(body)
     inv_pos, inv_orn = p.invertTransform(tip[4], tip[5])
     rel_pos, rel_orn = p.multiplyTransforms(inv_pos, inv_orn, pos, orn)
-    grasp = p.createConstraint(self.arm, p2d._EE_LINK, body, -1,  # pylint: disable=protected-access
+    grasp = p.createConstraint(self.arm, p2d.EE_LINK, body, -1,
                                p.JOINT_FIXED, [0, 0, 0], rel_pos, [0, 0, 0],
                                rel_orn)
     p.changeConstraint(grasp, maxForce=500)
@@ -394,7 +394,7 @@ def scenario_layout(spec: TaskSpec, index: int, which: str
 def final_distances(final: np.ndarray, goal: np.ndarray) -> np.ndarray:
   """Per object: the distance (metres) between its final and goal centres
   of mass, or `OFF_TABLE_PENALTY` when it fell off the table."""
-  table = p2d._TABLE_TOP  # pylint: disable=protected-access
+  table = p2d.TABLE_TOP
   off = ((final[:, 2] < table - 0.05) | (final[:, 0] < -0.251)
          | (final[:, 0] > 1.251) | (np.abs(final[:, 1]) > 0.501))
   return np.where(off, OFF_TABLE_PENALTY,

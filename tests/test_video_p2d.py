@@ -34,7 +34,7 @@ def test_episode_contents():
   # The gripper tip follows the horizontal push line (IK is sane).
   start, end = ep["line"]
   ee = ep["ee_positions"]
-  np.testing.assert_allclose(ee[:, 2], p2d._TABLE_TOP + spec.push_height,
+  np.testing.assert_allclose(ee[:, 2], p2d.TABLE_TOP + spec.push_height,
                              atol=0.01)
   u = (np.arange(4) / 3)[:, None]
   np.testing.assert_allclose(ee[:, :2], (1 - u) * start + u * end,

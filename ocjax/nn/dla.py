@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ocjax.nn import layers
+
 Array = jax.Array
 
 
@@ -87,7 +89,7 @@ class DLAEncoder(nn.Module):
     for i in range(len(levels) - 2, 0, -1):  # aggregate up to stride 4
       up = ConvNormAct(self.features, kernel=1, dtype=self.dtype,
                        name=f"up_proj_{i}")(y)
-      up = jnp.repeat(jnp.repeat(up, 2, axis=1), 2, axis=2)
+      up = layers.upsample_nearest(up)
       skip = ConvNormAct(self.features, kernel=1, dtype=self.dtype,
                          name=f"skip_proj_{i}")(levels[i])
       y = ConvNormAct(self.features, dtype=self.dtype,
