@@ -192,6 +192,62 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
+def import_torch(threads: int = 0):
+  """torch with ``threads`` intra-op threads (0: its default) and its
+  UserWarnings off, or None when it is not installed."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if threads:
+    torch.set_num_threads(threads)
+  warnings.filterwarnings("ignore", category=UserWarning,
+                          module=r"torch\..*")
+  return torch
+
+
+def machine(torch, peak: float) -> str:
+  """The header's description of the two sides' CPU setup."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return (f"CPU: jax {jax.__version__} on {jax.device_count()} "
+          f"{jax.default_backend()} device(s), torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads; measured peak "
+          f"{peak / 1e9:.0f} GFLOP/s")
+
+
+TABLE_HEAD = (f"{'batch':>5s} {'ours s':>8s} {'official s':>10s} "
+              f"{'ratio median [min, max]':>26s} {'GFLOP ours':>10s} "
+              f"{'of peak':>8s} {'GFLOP official':>14s} {'of peak':>8s} "
+              f"{'micro-batches':>13s}")
+
+
+def compare(ours, theirs, rounds: int):
+  """Two warm-up rounds (ours compiles), the official step's FLOPs, then
+  ``rounds`` alternating timings, ours first: ``(t_ours, t_theirs,
+  official FLOPs)``."""
+  for _ in range(2):  # Warm-up (and our compilation).
+    ours()
+    theirs()
+  their_flops = official_flops(theirs)
+  t_ours, t_theirs = [], []
+  for _ in range(rounds):
+    t_ours.append(_timed(ours))
+    t_theirs.append(_timed(theirs))
+  return t_ours, t_theirs, their_flops
+
+
+def table_row(batch: int, t_ours, t_theirs, flops: float,
+              their_flops: float, peak: float, accum: int) -> str:
+  """A row of `TABLE_HEAD`: medians, ratio per round, FLOPs, peak use."""
+  ratios = np.asarray(t_ours) / np.asarray(t_theirs)
+  mo, mt = float(np.median(t_ours)), float(np.median(t_theirs))
+  return (f"{batch:5d} {mo:8.3f} {mt:10.3f} "
+          f"{np.median(ratios):9.2f}x [{ratios.min():.2f}, "
+          f"{ratios.max():.2f}]{'':5s} {flops / 1e9:10.1f} "
+          f"{flops / mo / peak:8.1%} {their_flops / 1e9:14.1f} "
+          f"{their_flops / mt / peak:8.1%} {accum:13d}")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--official_dir", default=os.environ.get("GENESIS_OFFICIAL"))
@@ -209,28 +265,15 @@ def main(argv=None) -> int:
       os.path.join(args.official_dir, "models")):
     print(HOW_TO_GET, file=sys.stderr)
     return 2
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  torch = import_torch(args.threads)
+  if torch is None:
     print(HOW_TO_GET, file=sys.stderr)
     return 2
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  warnings.filterwarnings("ignore", category=UserWarning,
-                          module=r"torch\..*")
-  import jax  # pylint: disable=g-import-not-at-top
   what = "forward pass" if args.inference else "training step"
   peak = measured_peak()
   print(f"GENESIS-V2 {what}, {args.image_size}x{args.image_size}, "
-        f"K={args.num_slots}, float32; CPU: jax {jax.__version__} on "
-        f"{jax.device_count()} {jax.default_backend()} device(s), torch "
-        f"{torch.__version__} with {torch.get_num_threads()} threads; "
-        f"measured peak {peak / 1e9:.0f} GFLOP/s")
-  head = (f"{'batch':>5s} {'ours s':>8s} {'official s':>10s} "
-          f"{'ratio median [min, max]':>26s} {'GFLOP ours':>10s} "
-          f"{'of peak':>8s} {'GFLOP official':>14s} {'of peak':>8s} "
-          f"{'micro-batches':>13s}")
-  print(head)
+        f"K={args.num_slots}, float32; {machine(torch, peak)}")
+  print(TABLE_HEAD)
   rng = np.random.default_rng(0)
   for b in [int(v) for v in args.batch.split(",")]:
     images = rng.uniform(size=(b, args.image_size, args.image_size, 3)
@@ -242,21 +285,9 @@ def main(argv=None) -> int:
     ours, flops, accum = our_step(
         images, image_size=args.image_size, num_slots=args.num_slots,
         inference=args.inference, grad_accum=args.grad_accum)
-    for _ in range(2):  # Warm-up (and our compilation).
-      ours()
-      theirs()
-    their_flops = official_flops(theirs)
-    t_ours, t_theirs = [], []
-    for _ in range(args.rounds):
-      t_ours.append(_timed(ours))
-      t_theirs.append(_timed(theirs))
-    ratios = np.asarray(t_ours) / np.asarray(t_theirs)
-    mo, mt = float(np.median(t_ours)), float(np.median(t_theirs))
-    print(f"{b:5d} {mo:8.3f} {mt:10.3f} "
-          f"{np.median(ratios):9.2f}x [{ratios.min():.2f}, "
-          f"{ratios.max():.2f}]{'':5s} {flops / 1e9:10.1f} "
-          f"{flops / mo / peak:8.1%} {their_flops / 1e9:14.1f} "
-          f"{their_flops / mt / peak:8.1%} {accum:13d}", flush=True)
+    t_ours, t_theirs, their_flops = compare(ours, theirs, args.rounds)
+    print(table_row(b, t_ours, t_theirs, flops, their_flops, peak, accum),
+          flush=True)
   return 0
 
 
