@@ -4,6 +4,7 @@ curriculum and the step schedule (parity: tests/test_ast_seg_parity.py)."""
 from __future__ import annotations
 
 import functools
+import os
 
 import chex
 import jax
@@ -21,6 +22,9 @@ from ocjax.nn import background_ae
 from ocjax.nn import glimpse as glimpse_lib
 from ocjax.nn import stn
 from ocjax.nn import transformer as transformer_lib
+from ocjax.train import loop
+from ocjax.train import mesh as mesh_lib
+from ocjax.viz import grids
 
 # A minute model (the experiment's tiny option) on 32x32 images.
 TINY = dict(num_slots=3, image_size=32, z_what_dim=8, unet_widths=(8, 8, 8),
@@ -173,14 +177,18 @@ def test_soft_argmax_properties():
 
 def test_attention_maps_softmax_over_pixels(tiny):
   model, variables, batch = tiny
-  _, state = model.apply(variables, batch, train=False,
-                         mutable=["intermediates"])
+  out, state = model.apply(variables, batch, train=False,
+                           mutable=["intermediates"])
   att = state["intermediates"]["attention_maps"][0]
   np.testing.assert_allclose(att.sum((2, 3)), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(out.aux["attention_maps"], att)
   pooled = state["intermediates"]["pooled_queries"][0]
   pos = ast_seg.position_map(32, 32)
   np.testing.assert_allclose(
       pooled[..., :2], jnp.einsum("bkhw,hwd->bkd", att, pos), atol=1e-6)
+  # The figures' host soft-argmax is the model's (eqs. 14-15).
+  np.testing.assert_allclose(ast_seg.soft_argmax(np.asarray(att)),
+                             pooled[..., :2], atol=1e-6)
 
 
 def test_clamp_passes_the_gradient_inclusively():
@@ -659,3 +667,146 @@ def test_converter_background_autoencoder_names(tmp_path):
     assert set(data.files) == set(want)
     for k in want:
       np.testing.assert_array_equal(data[k], want[k])
+
+
+# ------------------------------------------------------------------ figures
+def _tile(figure, row, col, size):
+  """Tile ``(row, col)`` of a `grids.tile_rows` figure of square cells."""
+  y = grids.BORDER + row * (size + grids.BORDER)
+  x = grids.BORDER + col * (size + grids.BORDER)
+  return figure[y:y + size, x:x + size]
+
+
+def _figure_shape(rows, cols, size):
+  return (rows * (size + grids.BORDER) + grids.BORDER,
+          cols * (size + grids.BORDER) + grids.BORDER, 3)
+
+
+@pytest.fixture(scope="module")
+def figure_output(tiny):
+  """The tiny model's host output with ``alpha_0 = 1`` (eq. 17): the
+  objects show instead of the e^11 background."""
+  model, variables, batch = tiny
+  params = dict(variables["params"],
+                background_activation_logit=jnp.zeros((1, 1)))
+  out = model.apply(dict(variables, params=params), batch, train=False)
+  return model, batch, jax.device_get(out)
+
+
+def test_extra_figures(figure_output):
+  model, batch, out = figure_output
+  k = model.num_slots
+  figs = model.extra_figures(batch, out)
+  assert set(figs) == {"attention_maps", "glimpses", "occlusion_order"}
+  for img in figs.values():
+    assert img.dtype == np.uint8
+  # Input | K maps; input | (o_k, m_k) x K (8x8 enlarged 4x); input | L_0 |
+  # K composites.
+  assert figs["attention_maps"].shape == _figure_shape(2, k + 1, 32)
+  assert figs["glimpses"].shape == _figure_shape(2, 1 + 2 * k, 32)
+  assert figs["occlusion_order"].shape == _figure_shape(2, k + 2, 32)
+  # The glimpses before the STN: o_k, then m_k in the object's colour.
+  g = out.aux["glimpses"]  # [B, K, 8, 8, 4]
+  np.testing.assert_array_equal(
+      _tile(figs["glimpses"], 1, 3, 32),
+      grids.upscale(grids.to_uint8(g[1, 1, ..., :3]), 4))
+  np.testing.assert_array_equal(
+      _tile(figs["glimpses"], 1, 4, 32),
+      grids.upscale(grids.to_uint8(
+          g[1, 1, ..., 3:] * ast_seg.object_colour(1) / 255.0), 4))
+  # The last composite is the reconstruction (to the uint8 rounding).
+  last = _tile(figs["occlusion_order"], 0, k + 1, 32).astype(int)
+  assert np.abs(last - grids.to_uint8(out.recon[0])).max() <= 1
+  # Phase 1 (the background alone) has none.
+  assert model.extra_figures(batch, out.replace(aux={})) == {}
+
+
+@pytest.mark.parametrize("grid", [16, 4])
+def test_attention_marker_at_the_soft_argmax(grid):
+  """Hand-made ``A_k``: each cross is centred on the pixel of its
+  soft-argmax (eqs. 12-15), on its map and on the input, in its colour;
+  ``grid = 4``: a Segformer-like map shown enlarged 4x."""
+  size, f = 16, 16 // grid
+  maps = np.zeros((1, 2, grid, grid), np.float32)
+  maps[0, 0, 1, 2] = 1  # row 1, column 2
+  maps[0, 1, 3, 0] = maps[0, 1, 3, 2] = 0.5  # centre of mass: column 1
+  np.testing.assert_allclose(
+      ast_seg.soft_argmax(maps)[0],
+      np.asarray(ast_seg.position_map(grid, grid))[[1, 3], [2, 1]],
+      atol=1e-6)
+  fig = ast_seg.attention_figure(np.zeros((1, size, size, 3), np.float32),
+                                 maps)
+  assert fig.shape == _figure_shape(1, 3, size)
+  overview = _tile(fig, 0, 0, size)
+  for j, (r, c) in enumerate([(1, 2), (3, 1)]):
+    colour = ast_seg.object_colour(j)
+    # The centre of the enlarged pixel (rounded half up).
+    r, c = f * r + f // 2, f * c + f // 2
+    tile = _tile(fig, 0, j + 1, size)
+    for t in (tile, overview):
+      for y, x in ((r, c), (r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+        np.testing.assert_array_equal(t[y, x], colour)
+    # Elsewhere the map: grey, not the colour.
+    marked = np.all(tile == colour, axis=-1)
+    assert marked.sum() == 5 and marked[r, c]
+
+
+def test_occlusion_sequence_builds_the_reconstruction(figure_output):
+  model, _, out = figure_output
+  k = model.num_slots
+  for b in range(2):
+    alpha = out.aux["activation"][b]
+    order, seq = ast_seg.occlusion_sequence(out.masks[b], out.components[b],
+                                            alpha)
+    assert sorted(order) == list(range(k))
+    assert np.all(np.diff(alpha[order]) >= 0)  # back to front
+    assert seq.shape == (k + 1, 32, 32, 3) and seq.dtype == np.float32
+    np.testing.assert_allclose(seq[0], out.components[b, 0], atol=1e-6)
+    np.testing.assert_allclose(seq[-1], out.recon[b], atol=1e-5)
+
+
+def test_occlusion_order_is_back_to_front():
+  """Two overlapping squares (eq. 17): the lower activation is added first
+  and shows in the overlap; the higher one then covers it."""
+  s = 8
+  alpha = np.array([5.0, 2.0])  # object 0 in front of object 1
+  masks = np.zeros((2, s, s, 1))
+  masks[0, 1:5, 1:5] = masks[1, 3:7, 3:7] = 1  # overlap [3:5, 3:5]
+  layers = np.zeros((3, s, s, 3))
+  layers[0] = 0.5  # grey background
+  layers[1, ..., 0] = layers[2, ..., 1] = 1  # red, green
+  unnormalised = np.concatenate([np.full((1, s, s, 1), 1e-3),
+                                 alpha[:, None, None, None] * masks])
+  w = unnormalised / unnormalised.sum(0)  # eq. 17
+  recon = (w * layers).sum(0)  # eq. 18
+  order, seq = ast_seg.occlusion_sequence(w, layers, alpha)
+  np.testing.assert_array_equal(order, [1, 0])
+  np.testing.assert_allclose(seq[0], layers[0], atol=1e-6)
+  np.testing.assert_allclose(seq[1][3:5, 3:5], [[[0, 1, 0]] * 2] * 2,
+                             atol=1e-3)  # the back object alone: green
+  np.testing.assert_allclose(seq[1][1:3, 1:3], 0.5, atol=1e-6)  # not yet
+  assert np.all(seq[2][3:5, 3:5, 0] > 0.7)  # the front one covers it
+  np.testing.assert_allclose(seq[2], recon, atol=1e-6)
+
+
+def test_trainer_writes_the_figures(tmp_path):
+  """`loop.write_figures` calls the model's hook and writes its PNGs."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  config = run_lib.load_experiment("experiments/ast_seg.py:tiny,smoke")
+  run = run_lib.build(config)
+  mesh = mesh_lib.make_mesh()
+  state = run.init_state(mesh)
+  written = {}
+
+  class Writer:
+    def images(self, step, images):
+      assert step == 7
+      written.update(images)
+
+  loop.write_figures(run, str(tmp_path), Writer(), 7, state, _batch(), mesh)
+  for name in ("reconstruction", "attention_maps", "glimpses",
+               "occlusion_order"):
+    for suffix in ("00000007", "latest"):
+      path = os.path.join(tmp_path, "images", f"{name}_{suffix}.png")
+      np.testing.assert_array_equal(np.asarray(Image.open(path)),
+                                    written[name])

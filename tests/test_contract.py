@@ -110,6 +110,11 @@ def test_outputs_in_every_evaluation_mode(built):
   out = run.apply_fn("eval")(state.variables(), inputs)
   loss, _, metrics = run.objective(out, state.objective_state)
   assert np.isfinite(float(loss)) and "loss" in metrics
+  # The model's own figures, drawn on the host from the output.
+  for name, img in model.extra_figures(batch, jax.device_get(out)).items():
+    assert name not in ("reconstruction", "samples", "video"), name
+    assert img.dtype == np.uint8, name
+    assert img.ndim == 3 and img.shape[-1] == 3, name
 
 
 def test_one_training_step(built):
@@ -151,13 +156,19 @@ def trained(built, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_trainer_checkpoints_and_figures(trained):
+def test_trainer_checkpoints_and_figures(built, trained):
+  _, _, batch = built
   config, workdir, metrics = trained
   assert np.isfinite(metrics["loss"])
   run, state = run_lib.restore(workdir)
-  # Images: a reconstruction grid; videos: a strip over time and a GIF.
+  # Images: a reconstruction grid; videos: a strip over time and a GIF;
+  # then the model's own figures.
   figures = (("reconstruction_latest.png",) if run.model.input_key == "image"
              else ("video_latest.png", "video_latest.gif"))
+  out = jax.device_get(run.apply_fn("figures")(
+      state.variables(), run_lib.model_inputs(batch)))
+  figures += tuple(f"{name}_latest.png"
+                   for name in run.model.extra_figures(batch, out))
   for name in figures:
     assert os.path.exists(os.path.join(workdir, "images", name)), name
   assert int(state.step) == config.train.num_steps

@@ -82,8 +82,14 @@ background), ``components`` the layers ``L_k``, ``latents`` the encoder's
 ``masks`` (reported) and ``attention`` (the ``K`` attention maps normalised
 over the queries at each pixel, resized to the image). ``aux``: positions,
 inverse scales, activations, ``foreground_mask``, ``segmentation`` (the
-paper's argmax), ``glimpses``, the unweighted entropy term, the step and the
-entropy weight.
+paper's argmax), ``glimpses``, ``attention_maps`` (eq. 11's ``A_k``, ``[B,
+K, h, w]``), the unweighted entropy term, the step and the entropy weight.
+
+Figures (`AstSeg.extra_figures`, written by the trainer with its standard
+ones): ``attention_maps`` (each ``A_k`` with its soft-argmax ``(x0_k,
+y0_k)``, eqs. 12-15, marked in the object's colour), ``glimpses`` (``o_k``
+and ``m_k`` before the STN) and ``occlusion_order`` (the background, then
+the objects added back to front, `occlusion_sequence`).
 
 Axis legend: B batch, K object queries, H, W image, h, w feature map,
 G glimpse size, D latent size, d transformer width, z z_what size.
@@ -105,6 +111,7 @@ from ocjax.nn import background_ae
 from ocjax.nn import glimpse as glimpse_lib
 from ocjax.nn import stn
 from ocjax.nn import transformer as transformer_lib
+from ocjax.viz import grids
 
 Array = jax.Array
 
@@ -114,14 +121,19 @@ PHASES = ("objects", "background")
 STN_IMPLEMENTATIONS = ("separable", "gather")
 
 
-def position_map(height: int, width: int, dtype=jnp.float32) -> Array:
-  """Eqs. 12-13: ``[h, w, 2]`` with (x, y) = ``2 (i / (n - 1) - 0.5)``,
-  computed in float64 and rounded to float32 as the official buffer."""
+def _position_grid(height: int, width: int) -> np.ndarray:
+  """`position_map` on the host: float32 ``[h, w, 2]``."""
   xs = 2 * (np.arange(width) / max(width - 1, 1) - 0.5)
   ys = 2 * (np.arange(height) / max(height - 1, 1) - 0.5)
   x, y = np.meshgrid(xs, ys, indexing="xy")  # [h, w]
   # A float32 buffer in the official model (also in its float64 copy).
-  return jnp.asarray(np.stack([x, y], axis=-1).astype(np.float32), dtype)
+  return np.stack([x, y], axis=-1).astype(np.float32)
+
+
+def position_map(height: int, width: int, dtype=jnp.float32) -> Array:
+  """Eqs. 12-13: ``[h, w, 2]`` with (x, y) = ``2 (i / (n - 1) - 0.5)``,
+  computed in float64 and rounded to float32 as the official buffer."""
+  return jnp.asarray(_position_grid(height, width), dtype)
 
 
 def clamp(x: Array, lower: float, upper: float) -> Array:
@@ -387,16 +399,16 @@ class AstSeg(base.ObjectCentricModel):
 
   # ------------------------------------------------------------ encoding
   def encode(self, x: Array, *, train: bool, probes: bool = False):
-    """Alg. 1: ``x [B, H, W, 3]`` -> raw latents ``[B, K, D]`` and the
-    log attention maps ``[B, K, h, w]``."""
+    """Alg. 1: ``x [B, H, W, 3]`` -> raw latents ``[B, K, D]``, the
+    attention maps ``A_k`` ``[B, K, h, w]`` (eq. 11) and their logs."""
     k = self.num_slots
     fmap = self.feature_and_attention_map_generator(x, train=train)
     fmap = self._probe("feature_map", fmap, probes)  # [B, h, w, C]
     b, fh, fw, _ = fmap.shape
     logits = jnp.moveaxis(fmap[..., :k], -1, 1).reshape(b, k, fh * fw)
     attention = jax.nn.softmax(logits, axis=-1)  # eq. 11, over pixels
-    self.sow("intermediates", "attention_maps",
-             attention.reshape(b, k, fh, fw))
+    attention_maps = attention.reshape(b, k, fh, fw)
+    self.sow("intermediates", "attention_maps", attention_maps)
     pos = jnp.broadcast_to(position_map(fh, fw, fmap.dtype), (b, fh, fw, 2))
     targets = jnp.concatenate([pos, fmap[..., k:]], axis=-1)
     targets = targets.reshape(b, fh * fw, self.latent_dim)
@@ -414,7 +426,7 @@ class AstSeg(base.ObjectCentricModel):
     # log A_k, for the attention segmentation (no 0/0 where every map
     # underflows).
     log_attention = jax.nn.log_softmax(logits, axis=-1)
-    return latents, log_attention.reshape(b, k, fh, fw)
+    return latents, attention_maps, log_attention.reshape(b, k, fh, fw)
 
   def split_latents(self, latents: Array) -> dict[str, Array]:
     """Clamping and split (Alg. 1), official index layout (module doc)."""
@@ -552,7 +564,8 @@ class AstSeg(base.ObjectCentricModel):
       return self._background_phase(x)
 
     background = self._background(batch, x, step)
-    latents, log_attention = self.encode(x, train=train, probes=probes)
+    latents, attention_maps, log_attention = self.encode(
+        x, train=train, probes=probes)
     r = self.render(latents, background, probes=probes)
     k = self.num_slots
     wts = r["weights"]  # [B, K+1, H, W, 1]
@@ -589,9 +602,179 @@ class AstSeg(base.ObjectCentricModel):
              "foreground_mask": r["foreground_mask"],
              "segmentation": jnp.argmax(wts[..., 0], axis=1),
              "glimpses": r["glimpses"],
+             "attention_maps": attention_maps,
              "pixel_entropy_loss": entropy_unweighted,
              "entropy_weight": jnp.broadcast_to(entropy_weight, (b,)),
              "step": jnp.broadcast_to(step, (b,))})
+
+  # ------------------------------------------------------------ figures
+  def extra_figures(self, batch: dict[str, np.ndarray],
+                    out: base.ModelOutput) -> dict[str, np.ndarray]:
+    """The paper's figures (module doc), from ``out.aux``; none in phase 1
+    (the background autoencoder alone)."""
+    aux = out.aux
+    if "attention_maps" not in aux:
+      return {}
+    images = np.asarray(batch[self.input_key])
+    return {
+        "attention_maps": attention_figure(images, aux["attention_maps"]),
+        "glimpses": glimpse_figure(images, aux["glimpses"]),
+        "occlusion_order": occlusion_figure(
+            images, out.masks, out.components, aux["activation"]),
+    }
+
+
+# -------------------------------------------------------------- host figures
+FIGURE_ROWS = 8  # examples per figure, as the reconstruction grid
+
+
+def object_colour(k: int) -> np.ndarray:
+  """Object ``k``'s (0-based) colour, uint8 ``[3]``: its colour in the
+  reconstruction grid's ``masks`` column, where the background is label 1."""
+  return grids.labels_to_rgb(np.int64(k + 2))
+
+
+def soft_argmax(attention_maps: np.ndarray) -> np.ndarray:
+  """Eqs. 12-15 on the host: ``A [..., h, w]`` -> ``(x0, y0) [..., 2]``."""
+  a = np.asarray(attention_maps, np.float64)
+  grid = _position_grid(*a.shape[-2:]).astype(np.float64)  # [h, w, 2]
+  return np.einsum("...hw,hwd->...d", a, grid)
+
+
+def grid_to_pixels(xy: np.ndarray, grid_size: tuple[int, int],
+                   image_size: tuple[int, int]) -> np.ndarray:
+  """Eqs. 12-13 inverted: ``(x, y) [..., 2]`` on an ``h x w`` grid (+-1 at
+  the first/last pixel centres) -> (column, row) ``[..., 2]`` in an ``H x W``
+  image covering the grid (grid pixel ``i`` spans ``[i H/h, (i + 1) H/h)``).
+  """
+  xy = np.asarray(xy, np.float64)
+  n = np.array([grid_size[1], grid_size[0]], np.float64)  # (w, h)
+  out = np.array([image_size[1], image_size[0]], np.float64)  # (W, H)
+  # Grid pixels, to 1e-4: float32's rounding of a position on a pixel's
+  # centre must not move an enlarged pixel's marker across a half.
+  u = np.round((xy + 1) / 2 * np.maximum(n - 1, 1), 4)
+  return (u + 0.5) * out / n - 0.5
+
+
+def _marker_radius(size: int) -> int:
+  return max(1, round(size / 32))
+
+
+def attention_figure(images: np.ndarray, attention_maps: np.ndarray,
+                     max_rows: int = FIGURE_ROWS) -> np.ndarray:
+  """Rows: the input with every soft-argmax ``(x0_k, y0_k)`` | ``A_1`` ..
+  ``A_K`` (eq. 11), each scaled to its maximum, with its soft-argmax (eqs.
+  12-15) marked by a cross in the object's colour.
+
+  Args:
+    images: ``[B, H, W, 3]`` in [0, 1].
+    attention_maps: ``[B, K, h, w]``, each summing to 1 over its pixels
+      (``h = H`` for the U-Net, ``H / 4`` for the Segformer: shown enlarged).
+
+  Returns:
+    uint8 ``[rows, cols, 3]``.
+  """
+  images = np.asarray(images)
+  maps = np.asarray(attention_maps, np.float32)
+  _, k, h, w = maps.shape
+  size = images.shape[1:3]  # (H, W)
+  f = size[0] // h
+  if f * h != size[0] or f * w != size[1]:
+    f = 1  # not an integer enlargement: the maps at their own size
+  radius = _marker_radius(size[0])
+  xy = soft_argmax(maps)  # [B, K, 2]
+  at_image = grid_to_pixels(xy, (h, w), size)  # [B, K, 2]
+  at_map = grid_to_pixels(xy, (h, w), (f * h, f * w))
+  rows = []
+  for b in range(min(len(images), max_rows)):
+    overview = grids.to_uint8(images[b])
+    row = []
+    for j in range(k):
+      colour = object_colour(j)
+      overview = grids.draw_marker(overview, *at_image[b, j], colour, radius)
+      heat = maps[b, j] / max(float(maps[b, j].max()), 1e-30)
+      tile = grids.upscale(grids.to_uint8(heat), f)
+      row.append(grids.draw_marker(tile, *at_map[b, j], colour, radius))
+    rows.append([overview] + row)
+  return grids.tile_rows(rows)
+
+
+def glimpse_figure(images: np.ndarray, glimpses: np.ndarray,
+                   max_rows: int = FIGURE_ROWS) -> np.ndarray:
+  """Rows: the input | ``o_k`` and ``m_k`` for each object: the glimpse
+  generator's image and mask (Table 7, Alg. 2) before the STN, the mask in
+  the object's colour; enlarged by ``H // G`` when that divides the image.
+
+  Args:
+    images: ``[B, H, W, 3]`` in [0, 1].
+    glimpses: ``[B, K, G, G, 4]`` in [0, 1] (RGB ``o_k``, mask ``m_k``).
+  """
+  images = np.asarray(images)
+  glimpses = np.asarray(glimpses, np.float32)
+  g = glimpses.shape[2]
+  f = images.shape[1] // g if images.shape[1] % g == 0 else 1
+  rows = []
+  for b in range(min(len(images), max_rows)):
+    row = [grids.to_uint8(images[b])]
+    for j in range(glimpses.shape[1]):
+      o, m = glimpses[b, j, ..., :3], glimpses[b, j, ..., 3:]
+      row.append(grids.upscale(grids.to_uint8(o), f))
+      row.append(grids.upscale(
+          grids.to_uint8(m * (object_colour(j) / 255.0)), f))
+    rows.append(row)
+  return grids.tile_rows(rows)
+
+
+def occlusion_sequence(weights: np.ndarray, layers: np.ndarray,
+                       activation: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """One example's reconstruction built back to front (eqs. 17-18).
+
+  By eq. 17, where objects overlap the larger ``alpha_k M_k`` wins, so the
+  occlusion order is the activations' order: back to front is ``alpha_k``
+  ascending. Image ``j`` composes the background and the ``j`` backmost
+  objects with eq. 17 restricted to them; the common normaliser cancels, so
+  it is ``sum_S w_k L_k / sum_S w_k`` over the set ``S`` shown.
+
+  Args:
+    weights: eq. 17's ``w`` ``[K + 1, H, W, 1]``, index 0 the background.
+    layers: ``L_0 .. L_K`` ``[K + 1, H, W, 3]``.
+    activation: ``alpha_1 .. alpha_K`` ``[K]``.
+
+  Returns:
+    ``order`` ``[K]`` (object indices, 0-based, back to front) and float32
+    images ``[K + 1, H, W, 3]``: ``L_0``, then one more object each; the
+    last is eq. 18's ``X^``.
+  """
+  w = np.asarray(weights, np.float64)
+  layers = np.asarray(layers, np.float64)
+  order = np.argsort(np.asarray(activation), kind="stable")  # back to front
+  num = w[0] * layers[0]  # [H, W, 3]
+  den = w[0].copy()  # [H, W, 1]
+  out = [num / np.maximum(den, 1e-300)]
+  for j in order:
+    num = num + w[j + 1] * layers[j + 1]
+    den = den + w[j + 1]
+    out.append(num / np.maximum(den, 1e-300))
+  return order, np.stack(out).astype(np.float32)
+
+
+def occlusion_figure(images: np.ndarray, weights: np.ndarray,
+                     layers: np.ndarray, activation: np.ndarray,
+                     max_rows: int = FIGURE_ROWS) -> np.ndarray:
+  """Rows: the input | the background ``L_0`` | the objects added one at a
+  time back to front (`occlusion_sequence`); the last tile is ``X^``.
+
+  Args:
+    images: ``[B, H, W, 3]``; weights ``[B, K + 1, H, W, 1]`` (``masks``);
+      layers ``[B, K + 1, H, W, 3]`` (``components``); activation ``[B, K]``.
+  """
+  rows = []
+  for b in range(min(len(images), max_rows)):
+    _, seq = occlusion_sequence(weights[b], layers[b], activation[b])
+    rows.append([grids.to_uint8(images[b])]
+                + [grids.to_uint8(x) for x in seq])
+  return grids.tile_rows(rows)
 
 
 MODEL = AstSeg

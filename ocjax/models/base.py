@@ -33,7 +33,9 @@ module says: the model *declares*, as class attributes,
 
 and optionally implements ``sample(num, *, noise=None) -> SampleOutput``
 (scenes from its prior). ``dummy_batch`` gives inputs of the right shape
-(initialisation and shape-only restores need no dataset).
+(initialisation and shape-only restores need no dataset). ``extra_figures``
+(host side, default none) draws the model's own figures, which the trainer
+writes beside the standard ones.
 
 A model module (``ocjax/models/<name>.py``) exposes ``MODEL``, its class;
 ``config.model.name`` is the module's name and the other fields of
@@ -116,6 +118,29 @@ class ObjectCentricModel(nn.Module):
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""
     size = int(getattr(self, "image_size"))
     return {"image": np.zeros((batch_size, size, size, 3), np.float32)}
+
+  def extra_figures(self, batch: dict[str, np.ndarray],
+                    out: ModelOutput) -> dict[str, np.ndarray]:
+    """The model's own figures, drawn on the host; default none.
+
+    The trainer calls it every time it writes figures, after the standard
+    ones (``ocjax.train.loop.write_figures``), on process 0 only.
+
+    Args:
+      batch: the host figure batch (``input_key`` and, when the data has
+        them, ``segmentation`` etc.).
+      out: the model's evaluation output on ``batch``, already on the host
+        (NumPy arrays; ``aux`` holds what the figures need).
+
+    Returns:
+      ``{name: uint8 [H, W, 3]}``, written as ``images/<name>_<step>.png``,
+      ``images/<name>_latest.png`` and TensorBoard images. Names must differ
+      from the standard figures' (``reconstruction``, ``samples``,
+      ``video``). Called on the unbound module: read attributes only, never
+      variables or submodules.
+    """
+    del batch, out
+    return {}
 
 
 def can_sample(model: Any) -> bool:

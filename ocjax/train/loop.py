@@ -63,8 +63,9 @@ def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
   """Figures in ``<workdir>/images`` and TensorBoard images.
 
   Images: a reconstruction grid (and prior samples). Videos: a strip per
-  clip over time (PNG) and an animation of the first clip (GIF). Every
-  process computes (jitted calls are collective); process 0 writes.
+  clip over time (PNG) and an animation of the first clip (GIF). Then the
+  model's own figures (``model.extra_figures``, PNG). Every process
+  computes (jitted calls are collective); process 0 writes.
   ``batch`` is the same host batch on every process.
   """
   model = run.model
@@ -103,6 +104,13 @@ def write_figures(run: run_lib.Run, workdir, writer, step, state, batch,
       figs["samples"] = video_viz.strip(samples.image, samples.image,
                                         {"masks": samples.masks},
                                         samples.masks, samples.components)
+  # The model's own figures (`base.ObjectCentricModel.extra_figures`).
+  extra = model.extra_figures(batch, out)
+  clash = sorted(set(extra) & (set(figs) | set(gifs)))
+  if clash:
+    raise ValueError(f"{type(model).__name__}.extra_figures returned "
+                     f"{clash}, names of the standard figures.")
+  figs.update(extra)
   folder = os.path.join(workdir, "images")
   for name, img in figs.items():
     grids.save_png(os.path.join(folder, f"{name}_{step:08d}.png"), img)

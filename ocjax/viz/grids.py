@@ -37,6 +37,41 @@ def masks_to_rgb(masks: np.ndarray) -> np.ndarray:
   return labels_to_rgb(np.argmax(masks, axis=0) + 1)
 
 
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+  """Nearest-neighbour enlargement of ``[h, w, ...]`` by an integer factor:
+  pixel ``i`` becomes ``[f i, f i + f)``, its centre at ``f i + (f - 1) / 2``.
+  """
+  image = np.asarray(image)
+  if factor <= 1:
+    return image
+  return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def draw_marker(image: np.ndarray, x: float, y: float, colour,
+                radius: int = 2) -> np.ndarray:
+  """A cross of ``colour`` (RGB) centred at pixel ``(x, y)`` on a copy.
+
+  Args:
+    image: ``[H, W, 3]`` (uint8, or float in [0, 1]).
+    x, y: column and row in pixels (pixel centres at integers; rounded half
+      up).
+    colour: ``[3]`` uint8-like.
+    radius: arm length in pixels; the arms are clipped to the image.
+
+  Returns:
+    uint8 ``[H, W, 3]``.
+  """
+  out = to_uint8(image).copy()
+  h, w = out.shape[:2]
+  c, r = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+  colour = np.asarray(colour, np.uint8)
+  if 0 <= c < w:
+    out[max(r - radius, 0):max(min(r + radius + 1, h), 0), c] = colour
+  if 0 <= r < h:
+    out[r, max(c - radius, 0):max(min(c + radius + 1, w), 0)] = colour
+  return out
+
+
 def tile_rows(rows: list[list[np.ndarray]], border: int = BORDER,
               fill: int = 255) -> np.ndarray:
   """Lays out ``rows[r][c]`` (each ``[h, w, 3]`` uint8) into one image."""
