@@ -40,6 +40,9 @@ DATASETS: dict[str, str] = {
     # Procedural, no download.
     "sprites": "data_pipelines.sprites",
     "tetrominoes_like": "data_pipelines.tetrominoes_like",
+    # CLEVR-like scenes (ray cast; also written once by
+    # `python -m data_pipelines.generate clevr_like`).
+    "clevr_like": "data_pipelines.clevr_like",
     # Real image datasets, read from the published files (data_dir).
     "objects_room": "data_pipelines.multi_object",
     "clevr_with_masks": "data_pipelines.multi_object",

@@ -160,7 +160,9 @@ def num_examples(config: Any, split: str) -> int:
 
 
 @dataclasses.dataclass
-class _Object:
+class SceneObject:
+  """A CLEVR object: ``size`` is the sphere's or cylinder's radius or the
+  cube's half-side; it stands on the floor (centre at height ``size``)."""
   shape: str
   material: str
   colour: np.ndarray  # [3] in [0, 1].
@@ -192,8 +194,9 @@ def _sample_objects(rng: np.random.Generator, n: int, spec: Spec):
   combos = [(s, m, c) for s in SHAPES for m in MATERIALS
             for c in _COLOUR_NAMES]
   picks = rng.choice(len(combos), size=n, replace=False)
-  return [_Object(combos[k][0], combos[k][1],
-                  np.asarray(COLOURS[combos[k][2]]) / 255.0, spec.object_size)
+  return [SceneObject(combos[k][0], combos[k][1],
+                      np.asarray(COLOURS[combos[k][2]]) / 255.0,
+                      spec.object_size)
           for k in picks]
 
 
@@ -353,7 +356,7 @@ def _hit_cylinder(o, d, centre, r, h):
   return t, n
 
 
-def _intersect(o, d, obj: _Object, xy, yaw):
+def _intersect(o, d, obj: SceneObject, xy, yaw):
   centre = np.array([xy[0], xy[1], obj.size])
   if obj.shape == "sphere":
     return _hit_sphere(o, d, centre, obj.size)

@@ -1,4 +1,4 @@
-r"""Writes a procedural video dataset to disk as sharded TFRecords.
+r"""Writes a procedural dataset to disk as sharded TFRecords.
 
   python -m data_pipelines.generate NAME --out=DIR [--episodes=N] [--seed=S]
       [--splits=train,validation,test] [--workers=W] [--shard_size=K]
@@ -9,7 +9,9 @@ NAME is one of `PROCEDURAL`. ``--episodes=N`` sets every split's size (or
 ``num_<split>`` are used (e.g. P2D: 2,000 / 200 / 200). ``--seed`` is the
 content seed (``data.content_seed``): the stream that ``get_dataset`` would
 generate on the fly with the same config and seed holds exactly these
-videos. ``--set`` overrides any field of the dataset's ``default_config()``
+videos. The image dataset ``clevr_like`` is written the same way, each scene
+a one-frame episode (its ``get_dataset`` serves them as images). ``--set``
+overrides any field of the dataset's ``default_config()``
 (``--set image_size=32 --set num_balls='(6, 8)'``); ``--preset`` starts from
 one of the module's ``PRESETS``.
 
@@ -41,6 +43,7 @@ from data_pipelines import video_common as vc
 
 PROCEDURAL = {
     "bouncing_balls": "data_pipelines.bouncing_balls",
+    "clevr_like": "data_pipelines.clevr_like",  # Images: one-frame episodes.
     "clevrer_like": "data_pipelines.clevrer_like",
     "p2d": "data_pipelines.p2d",
 }
@@ -163,7 +166,8 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
   if os.path.exists(info_path):
     os.remove(info_path)
 
-  ep_shape = [spec.episode_length, spec.image_size, spec.image_size, 3]
+  frames = getattr(spec, "episode_length", 1)  # Image datasets: 1.
+  ep_shape = [frames, spec.image_size, spec.image_size, 3]
   plan = {}
   for split in splits:
     n = stream.num_split_examples(config, split)
@@ -235,7 +239,7 @@ def generate(name: str, out: str, *, preset: str = "", overrides=(),
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m data_pipelines.generate",
-      description="Write a procedural video dataset as sharded TFRecords.")
+      description="Write a procedural dataset as sharded TFRecords.")
   parser.add_argument("name", choices=sorted(PROCEDURAL))
   parser.add_argument("--out", required=True, help="Output directory.")
   parser.add_argument("--episodes", default=None,
