@@ -1,7 +1,7 @@
 r"""AST-Seg against the official PyTorch implementation, side by side.
 
     python benchmarks/vs_official_ast.py --official_dir=DIR [--batch=8,32] \
-        [--rounds=7] [--inference] [--grad_accum=auto] [--threads=0]
+        [--rounds=7] [--inference] [--parts] [--grad_accum=auto] [--threads=0]
 
 ``DIR`` (or the environment variable ``AST_OFFICIAL``) is a checkout of the
 official code (MIT licence; never copied into this repository, it is
@@ -319,6 +319,58 @@ def describe(config, *, inference: bool) -> str:
           f"{models.build(m).resolved_glimpse_size}, {what}, float32")
 
 
+def parts(official_dir: str, images, *, rounds: int) -> list[str]:
+  """Forward passes of the two big networks alone, evaluation mode, both
+  sides alternating: the background autoencoder ``BG(BE(255 x))`` and the
+  feature-map generator (U-Net); one line each, ours / official."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  b, size = images.shape[0], images.shape[1]
+  nets, _ = official_model(official_dir, image_size=size, num_slots=6,
+                           batch_size=b)
+  net_e, _, net_be, net_bg = nets
+  for net in nets:
+    net.eval()
+  x_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  run = run_lib.build(our_config(image_size=size, num_slots=6, batch_size=b,
+                                 grad_accum="auto"))
+  variables = run.init_state().variables()
+  model, x = run.model, jax.numpy.asarray(images)
+  ours = {
+      "background autoencoder": jax.jit(lambda v, x: model.apply(
+          v, x * 255, method=lambda m, y: m.background_ae(y))),
+      "U-Net": jax.jit(lambda v, x: model.apply(
+          v, x, method=lambda m, y: m.feature_and_attention_map_generator(
+              y, train=False))),
+  }
+  theirs = {
+      "background autoencoder": lambda: net_bg(net_be(255 * x_t)),
+      "U-Net": lambda: net_e.feature_and_attention_map_generator(x_t),
+  }
+  lines = []
+  for name, fn in ours.items():
+    def mine(fn=fn):
+      jax.block_until_ready(fn(variables, x))
+
+    def official(name=name):
+      with torch.no_grad():
+        theirs[name]()
+
+    t_ours, t_theirs = [], []
+    for _ in range(2):  # warm-up, compilation
+      mine()
+      official()
+    for _ in range(rounds):
+      t_ours.append(vs._timed(mine))  # pylint: disable=protected-access
+      t_theirs.append(vs._timed(official))  # pylint: disable=protected-access
+    ratios = np.asarray(t_ours) / np.asarray(t_theirs)
+    lines.append(f"  {name}: ours {np.median(t_ours):.3f} s, official "
+                 f"{np.median(t_theirs):.3f} s, {np.median(ratios):.2f}x "
+                 f"[{ratios.min():.2f}, {ratios.max():.2f}]")
+  return lines
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--official_dir", default=os.environ.get("AST_OFFICIAL"))
@@ -331,6 +383,9 @@ def main(argv=None) -> int:
                  help="our micro-batches: 'auto' (the trainer's default) or N")
   p.add_argument("--threads", type=int, default=0,
                  help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--parts", action="store_true",
+                 help="also time the background autoencoder and the U-Net "
+                 "alone (forward, evaluation mode) at each batch")
   args = p.parse_args(argv)
   if not args.official_dir or not os.path.isfile(
       os.path.join(args.official_dir, "MF_models_encoder.py")):
@@ -366,6 +421,9 @@ def main(argv=None) -> int:
     t_ours, t_theirs, their_flops = vs.compare(ours, theirs, args.rounds)
     print(vs.table_row(b, t_ours, t_theirs, flops, their_flops, peak, accum),
           flush=True)
+    if args.parts:
+      print("\n".join(parts(args.official_dir, images, rounds=args.rounds)),
+            flush=True)
   return 0
 
 

@@ -518,7 +518,8 @@ def test_no_transformer_ablation():
 
 # ---------------------------------------------------------------- configs
 @pytest.mark.parametrize("arg", [
-    "", "quick", "tiny,smoke", "shapestacks", "objects_room", "clevr",
+    "", "sprites", "quick", "tiny,smoke", "shapestacks", "objects_room",
+    "clevr",
     "clevrtex", "shapestacks,background", "clevr,background",
     "objects_room,no_transformer,no_entropy,anisotropic,k_plus_one",
     "shapestacks,frozen_background", "clevrtex,baseline,k_double"])
@@ -534,10 +535,18 @@ def test_experiment_presets(arg):
     assert c.train.num_steps == 2_500 and c.model.phase == "background"
   if arg == "objects_room,no_transformer,no_entropy,anisotropic,k_plus_one":
     assert c.model.num_slots == 4 and not c.model.use_transformer
-  if arg == "":
+  if arg == "":  # CLEVR's protocol on the procedural CLEVR stand-in
     assert c.optimizer.learning_rate == 4e-5 and c.train.num_steps == 125_000
     assert c.optimizer.warmup_power == 2 and c.optimizer.late_decay_factor \
         == 0.1
+    assert (c.data.name, c.data.image_size, c.model.num_slots) == (
+        "clevr_like", 128, 10)
+    assert c.data.max_objects == c.model.num_slots
+    assert c.model.isotropic_scaling and not c.model.background_complexity
+    assert c.curriculum.background.changes.train.num_steps == 2_500
+  if arg == "sprites":
+    assert (c.data.name, c.data.image_size, c.model.num_slots) == (
+        "sprites", 64, 5)
 
 
 def test_paper_schedule():
