@@ -113,11 +113,9 @@ def official_step(model, images, *, inference: bool):
 def our_step(images, *, image_size: int, num_slots: int, inference: bool,
              grad_accum: int | str):
   """A closure running our jitted training step (or forward pass); returns
-  it and XLA's FLOP count of the compiled computation."""
-  import jax  # pylint: disable=g-import-not-at-top
+  it, XLA's FLOP count of the compiled computation and the micro-batches."""
   from experiments import common  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
-  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   config = run_lib.load_experiment("experiments/genesis_v2.py")
   with config.unlocked():
     common.set_fields(config, {"data.image_size": image_size,
@@ -125,6 +123,17 @@ def our_step(images, *, image_size: int, num_slots: int, inference: bool,
                                "train.batch_size": len(images)})
     if grad_accum != "auto":
       config.train.grad_accum_steps = int(grad_accum)
+  return step_closure(config, images, inference=inference)
+
+
+def step_closure(config, images, *, inference: bool, step: int | None = None):
+  """Our jitted training step (or forward pass) of ``config`` on ``images``
+  as a closure; returns it, XLA's FLOP count of the compiled computation
+  and the micro-batches. ``step`` sets the train state's step counter (the
+  trainer passes it to models that declare ``uses_step``)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.build(config)
   state = run.init_state()
   batch = {"image": jax.numpy.asarray(images)}
@@ -133,18 +142,21 @@ def our_step(images, *, image_size: int, num_slots: int, inference: bool,
     flops = _flops(fn.lower(state.variables(), batch).compile())
     return (lambda: jax.block_until_ready(
         fn(state.variables(), batch).losses)), flops, 1
-  accum = step_lib.resolve_grad_accum(config.train, len(images))
+  if step is not None:
+    state = state.replace(step=jax.numpy.int32(step))
+  accum = step_lib.resolve_grad_accum(config.train, len(images),
+                                      model=run.model)
   train_step = step_lib.make_train_step(
       run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum)
   # The micro-batches are an unrolled loop: XLA counts every one.
   flops = _flops(train_step.lower(state, batch).compile())
   box = [state]
 
-  def step():
+  def run_step():
     box[0], metrics = train_step(box[0], batch)
     return float(metrics["loss"])
 
-  return step, flops, accum
+  return run_step, flops, accum
 
 
 def official_flops(step) -> float:
@@ -186,7 +198,7 @@ def measured_peak() -> float:
   return best
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
   t = time.perf_counter()
   fn()
   return time.perf_counter() - t
@@ -231,8 +243,8 @@ def compare(ours, theirs, rounds: int):
   their_flops = official_flops(theirs)
   t_ours, t_theirs = [], []
   for _ in range(rounds):
-    t_ours.append(_timed(ours))
-    t_theirs.append(_timed(theirs))
+    t_ours.append(timed(ours))
+    t_theirs.append(timed(theirs))
   return t_ours, t_theirs, their_flops
 
 
@@ -248,19 +260,27 @@ def table_row(batch: int, t_ours, t_theirs, flops: float,
           f"{their_flops / mt / peak:8.1%} {accum:13d}")
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--official_dir", default=os.environ.get("GENESIS_OFFICIAL"))
+def arg_parser(description: str, *, official_env: str,
+               num_slots: int) -> argparse.ArgumentParser:
+  """The flags every side-by-side benchmark takes (``--official_dir``
+  defaults to the environment variable ``official_env``)."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--official_dir", default=os.environ.get(official_env))
   p.add_argument("--batch", default="8,32")
   p.add_argument("--rounds", type=int, default=7)
   p.add_argument("--image_size", type=int, default=64)
-  p.add_argument("--num_slots", type=int, default=7)
+  p.add_argument("--num_slots", type=int, default=num_slots)
   p.add_argument("--inference", action="store_true")
   p.add_argument("--grad_accum", default="auto",
                  help="our micro-batches: 'auto' (the trainer's default) or N")
   p.add_argument("--threads", type=int, default=0,
                  help="torch intra-op threads (0: torch's default)")
-  args = p.parse_args(argv)
+  return p
+
+
+def main(argv=None) -> int:
+  args = arg_parser(__doc__.splitlines()[0], official_env="GENESIS_OFFICIAL",
+                    num_slots=7).parse_args(argv)
   if not args.official_dir or not os.path.isdir(
       os.path.join(args.official_dir, "models")):
     print(HOW_TO_GET, file=sys.stderr)

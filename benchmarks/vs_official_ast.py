@@ -66,7 +66,6 @@ attention segmentation and the argmax of the masks) besides the losses.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import importlib.util
@@ -84,8 +83,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import vs_official as vs
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-_flops = vs._flops  # pylint: disable=protected-access
 
 HOW_TO_GET = """\
 The official implementation is not part of ocjax (it is not ours to copy):
@@ -270,34 +267,10 @@ def our_config(*, image_size: int, num_slots: int, batch_size: int,
 
 
 def our_step(config, images, *, inference: bool, step: int = STEP):
-  """A closure running our jitted training step (or forward pass) at
-  training step ``step``; returns it, XLA's FLOP count of the compiled
-  computation and the micro-batches."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
-  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  run = run_lib.build(config)
-  state = run.init_state()
-  batch = {"image": jax.numpy.asarray(images)}
-  if inference:
-    fn = run.apply_fn("eval")
-    flops = _flops(fn.lower(state.variables(), batch).compile())
-    return (lambda: jax.block_until_ready(
-        fn(state.variables(), batch).losses)), flops, 1
-  # As the trainer: the step counter goes to models declaring uses_step.
-  state = state.replace(step=jax.numpy.int32(step))
-  accum = step_lib.resolve_grad_accum(config.train, len(images),
-                                      model=run.model)
-  train_step = step_lib.make_train_step(
-      run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum)
-  flops = _flops(train_step.lower(state, batch).compile())
-  box = [state]
-
-  def train():
-    box[0], metrics = train_step(box[0], batch)
-    return float(metrics["loss"])
-
-  return train, flops, accum
+  """Our jitted training step (or forward pass) at training step ``step``
+  (`vs_official.step_closure`): the closure, XLA's FLOP count and the
+  micro-batches."""
+  return vs.step_closure(config, images, inference=inference, step=step)
 
 
 def describe(config, *, inference: bool) -> str:
@@ -362,8 +335,8 @@ def parts(official_dir: str, images, *, rounds: int) -> list[str]:
       mine()
       official()
     for _ in range(rounds):
-      t_ours.append(vs._timed(mine))  # pylint: disable=protected-access
-      t_theirs.append(vs._timed(official))  # pylint: disable=protected-access
+      t_ours.append(vs.timed(mine))
+      t_theirs.append(vs.timed(official))
     ratios = np.asarray(t_ours) / np.asarray(t_theirs)
     lines.append(f"  {name}: ours {np.median(t_ours):.3f} s, official "
                  f"{np.median(t_theirs):.3f} s, {np.median(ratios):.2f}x "
@@ -372,17 +345,8 @@ def parts(official_dir: str, images, *, rounds: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--official_dir", default=os.environ.get("AST_OFFICIAL"))
-  p.add_argument("--batch", default="8,32")
-  p.add_argument("--rounds", type=int, default=7)
-  p.add_argument("--image_size", type=int, default=64)
-  p.add_argument("--num_slots", type=int, default=6)
-  p.add_argument("--inference", action="store_true")
-  p.add_argument("--grad_accum", default="auto",
-                 help="our micro-batches: 'auto' (the trainer's default) or N")
-  p.add_argument("--threads", type=int, default=0,
-                 help="torch intra-op threads (0: torch's default)")
+  p = vs.arg_parser(__doc__.splitlines()[0], official_env="AST_OFFICIAL",
+                   num_slots=6)
   p.add_argument("--parts", action="store_true",
                  help="also time the background autoencoder and the U-Net "
                  "alone (forward, evaluation mode) at each batch")

@@ -147,19 +147,14 @@ def test_resumes_after_a_kill_in_every_phase(tmp_path):
   assert jax.tree.leaves(params)
 
 
-def test_a_phase_whose_condition_fails_is_skipped(tmp_path):
+@pytest.mark.parametrize("field,value,weights", [
+    ("background_training", "joint", ""),  # its `when` does not hold
+    ("background_weights", "bg.npz", "bg.npz"),  # the user gave the file
+])
+def test_phase_skipped(tmp_path, field, value, weights):
   config = _config()
   with config.unlocked():
-    config.model.background_training = "joint"
+    config.model[field] = value
   final = curriculum.prepare(config, str(tmp_path),
                              lambda *a: pytest.fail("trained phase 1"))
-  assert final.model.background_weights == ""
-
-
-def test_a_given_export_skips_the_phase(tmp_path):
-  config = _config()
-  with config.unlocked():
-    config.model.background_weights = "bg.npz"
-  final = curriculum.prepare(config, str(tmp_path),
-                             lambda *a: pytest.fail("trained phase 1"))
-  assert final.model.background_weights == "bg.npz"
+  assert final.model.background_weights == weights
