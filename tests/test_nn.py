@@ -12,6 +12,7 @@ import pytest
 from absl.testing import parameterized
 
 from ocjax.nn import autoregressive_prior
+from ocjax.nn import conv
 from ocjax.nn import conv_transpose
 from ocjax.nn import icsbp
 from ocjax.nn import layers
@@ -20,7 +21,10 @@ from ocjax.nn import layers
 # --------------------------------------------------- transposed convolution
 @pytest.mark.parametrize("k,p,op", [(5, 2, 1), (4, 1, 0), (3, 1, 1),
                                     (2, 0, 0)])
-def test_subpixel_equals_transposed_convolution(k, p, op):
+@pytest.mark.parametrize("split", [False, True])
+def test_subpixel_equals_transposed_convolution(k, p, op, split, monkeypatch):
+  if split:  # uneven phases as four convolutions even for few channels
+    monkeypatch.setattr(conv_transpose, "SPLIT_PHASES_MIN_CHANNELS", 0)
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.normal(size=(2, 4, 6, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
@@ -58,14 +62,22 @@ def test_subpixel_rejects_non_doubling_configs():
         jnp.zeros((1, 4, 4, 1)), jnp.zeros((5, 5, 1, 1)), 1, 0)
 
 
-def test_subpixel_gradients_match():
+@pytest.mark.parametrize("k,p,op", [(5, 2, 1), (4, 1, 0), (3, 1, 1)])
+@pytest.mark.parametrize("size", [4, 10])  # im2col path / XLA convolutions
+@pytest.mark.parametrize("matmul_grad", [False, True])
+@pytest.mark.parametrize("split", [False, True])
+def test_subpixel_gradients_match(k, p, op, size, matmul_grad, split,
+                                  monkeypatch):
+  if split:
+    monkeypatch.setattr(conv_transpose, "SPLIT_PHASES_MIN_CHANNELS", 0)
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(5, 5, 3, 2)), jnp.float32)
-  f = lambda fn: jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, 2, 1))),
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 2)), jnp.float32)
+  fast = lambda x, w, p, op: conv_transpose.conv_transpose_subpixel(
+      x, w, p, op, matmul_grad=matmul_grad)
+  f = lambda fn: jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, p, op))),
                           argnums=(0, 1))(x, w)
-  for a, b in zip(f(conv_transpose.conv_transpose_subpixel),
-                  f(conv_transpose.conv_transpose_dilated)):
+  for a, b in zip(f(fast), f(conv_transpose.conv_transpose_dilated)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -230,15 +242,52 @@ def test_prior_sampling_matches_likelihood_path():
   assert (np.asarray(s["sigma"]) <= 1 + 1e-4).all()
 
 
-def test_matmul_kernel_gradient_equals_autodiff():
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 1), (1, 0)),
+                                     ((2, 0), (0, 2))])
+def test_matmul_kernel_gradient_equals_autodiff(padding):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(3, 6, 5, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32)
-  f = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))),
-                            argnums=(0, 1))(x, w)
-  fast = f(conv_transpose.same_conv_matmul_grad)
-  plain = f(conv_transpose._same_conv)  # pylint: disable=protected-access
-  for a, b in zip(fast, plain):
+  f = lambda **kw: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv.conv2d(
+      x, w, padding, small_maps=False, **kw))), argnums=(0, 1))(x, w)
+  for a, b in zip(f(matmul_grad=True), f(matmul_grad=False)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(conv_transpose.same_conv_matmul_grad(x, w),
-                                conv_transpose._same_conv(x, w))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      conv.conv2d(x, w, padding, matmul_grad=True, small_maps=False),
+      conv.conv2d(x, w, padding, small_maps=False))
+
+
+@pytest.mark.parametrize("size,k,stride,padding", [
+    (2, 3, 1, ((1, 1), (1, 1))), (8, 4, 2, ((1, 1), (1, 1))),
+    (5, 3, 2, ((0, 2), (2, 0))), (6, 3, 1, ((-1, 1), (1, -1))),
+    (4, 1, 1, ((0, 0), (0, 0)))])
+def test_small_map_convolution_equals_xla_convolution(size, k, stride,
+                                                      padding):
+  """im2col + matmul (maps of <= 64 output pixels on CPU) = lax's conv,
+  values and gradients, also with strides and negative (cropping) padding."""
+  rng = np.random.default_rng(size + k)
+  x = jnp.asarray(rng.normal(size=(2, size, size + 1, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 5, 7)), jnp.float32)
+  want = jax.lax.conv_general_dilated(
+      x, w, (stride, stride), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = conv.conv2d(x, w, padding, (stride, stride), small_maps=True)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  f = lambda small: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv.conv2d(
+      x, w, padding, (stride, stride), small_maps=small))),
+                             argnums=(0, 1))(x, w)
+  for a, b in zip(f(True), f(False)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_small_maps_are_the_cpu_default_only_up_to_the_threshold():
+  x = jnp.ones((1, 9, 9, 2))
+  w = jnp.ones((3, 3, 2, 2))
+  small = jax.make_jaxpr(lambda x: conv.conv2d(x, w, ((0, 0), (0, 0)),
+                                               (4, 4)))(x)  # 2x2 outputs
+  large = jax.make_jaxpr(lambda x: conv.conv2d(x, w, ((1, 1), (1, 1)),
+                                               (4, 4)))(x)  # 3x3 outputs
+  assert conv.SMALL_MAP_PIXELS == 4
+  assert "dot_general" in str(small) and "conv_general" not in str(small)
+  assert "conv_general" in str(large)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ocjax.nn import batch_norm
+from ocjax.nn import conv
 from ocjax.nn import conv_transpose
 from ocjax.nn import init
 
@@ -66,7 +67,8 @@ def celu(x: Array) -> Array:
 
 
 class Conv(nn.Module):
-  """``torch.nn.Conv2d`` without bias (explicit symmetric padding)."""
+  """``torch.nn.Conv2d`` without bias (explicit symmetric padding;
+  `ocjax.nn.conv.conv2d`)."""
   features: int
   kernel_size: int
   stride: int = 1
@@ -78,10 +80,8 @@ class Conv(nn.Module):
     k, p = self.kernel_size, self.padding
     kernel = self.param("kernel", init.torch_default(x.shape[-1] * k * k),
                         (k, k, x.shape[-1], self.features))
-    return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        (self.stride, self.stride), ((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                       ((p, p), (p, p)), (self.stride, self.stride))
 
 
 class ConvTranspose(nn.Module):

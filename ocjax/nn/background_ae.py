@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ocjax.nn import ast_unet
+from ocjax.nn import conv
 from ocjax.nn import conv_transpose as conv_transpose_lib
 from ocjax.nn import init
 
@@ -183,9 +184,8 @@ class BackgroundEncoder(nn.Module):
           init.torch_default(x.shape[-1] * kh * kw)),
                           (kh, kw, x.shape[-1], nchs[i + 1]))
       ph, pw = blk["padding"]
-      x = jax.lax.conv_general_dilated(
-          x, kernel.astype(self.dtype), blk["stride"], ((ph, ph), (pw, pw)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x = conv.conv2d(x, kernel.astype(self.dtype), ((ph, ph), (pw, pw)),
+                      tuple(blk["stride"]))
       x = nn.GroupNorm(
           num_groups=_groups(nchs[i + 1]), epsilon=TORCH_NORM_EPS,
           use_fast_variance=False, dtype=self.dtype,

@@ -13,11 +13,13 @@ output by the parity ``a`` of its index, ``o = 2 m + a``: each of the two
 
     y[2 m + a] = sum_d x[m + d] * kernel[a + p - 2 d]
 
-All four 2-D phases fit in one convolution of window ``2 r + 1`` whose output
-channels are ``(a_y, a_x, C_out)``; a depth-to-space shuffle interleaves them.
-For the GENESIS-V2 decoder (kernel 5, padding 2, output padding 1) that is one
-3x3 convolution with 4x the output channels: 36 taps per input pixel instead
-of the 100 of the dilated form (25 are useful).
+Each phase keeps its own taps only: for a kernel of 4 with padding 1 both phases
+have two taps, at offsets shifted by one, so the four 2-D phases are one 2x2
+convolution with 4x the output channels (16 taps per input pixel, all useful);
+for kernel 5, padding 2, output padding 1 the phases have 3 and 2 taps per
+axis: four convolutions (25 taps) or, with few channels, one 3x3 convolution
+with 4x the output channels (36 taps, 11 of them zero; the zero-dilated form
+multiplies 100). The phases are interleaved (depth to space).
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ocjax.nn import conv
 from ocjax.nn import init
 
 Array = jax.Array
+
+# C_in C_out from which uneven phases run as four convolutions (below: one
+# window-(2r+1) convolution with zero taps; fewer, larger matmuls).
+SPLIT_PHASES_MIN_CHANNELS = 1 << 16
 
 
 def _phase_taps(kernel_size: int, padding: int):
@@ -86,51 +93,23 @@ def depth_to_space(y: Array) -> Array:
   return y.reshape(b, 2 * h, 2 * w, c)
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
+def _phase_offsets(kernel_size: int, padding: int):
+  """Per phase ``a`` in {0, 1}: the input offsets ``d`` (ascending, a
+  contiguous range) and their taps ``t = a + p - 2 d``."""
+  phases = []
+  for a in (0, 1):
+    ds = [d for d in range(-kernel_size, kernel_size + 1)
+          if 0 <= a + padding - 2 * d < kernel_size]
+    phases.append((ds, [a + padding - 2 * d for d in ds]))
+  return phases
 
 
-def _patches(x: Array, window: int) -> Array:
-  """im2col: ``[N, H, W, C] -> [N, H, W, window^2 C]`` ('SAME' padding)."""
-  _, h, w, _ = x.shape
-  r = (window - 1) // 2
-  xp = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
-  return jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(window)
-                          for j in range(window)], axis=-1)
-
-
-def _same_conv(x: Array, kernel: Array) -> Array:
-  r = (kernel.shape[0] - 1) // 2
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((r, r), (r, r)),
-                                      dimension_numbers=_DN)
-
-
-@jax.custom_vjp
-def same_conv_matmul_grad(x: Array, kernel: Array) -> Array:
-  """Stride-1 'SAME' convolution whose kernel gradient is one matmul.
-
-  The forward pass and the input gradient are XLA convolutions; the kernel
-  gradient is ``patches(x)^T dy``. On CPU, XLA's weight-gradient convolution
-  runs the decoder's phase convolutions at ~30 GFLOP/s, the matmul at ~70.
-  """
-  return _same_conv(x, kernel)
-
-
-def _same_conv_fwd(x, kernel):
-  return _same_conv(x, kernel), (x, kernel)
-
-
-def _same_conv_bwd(res, dy):
-  x, kernel = res
-  k, _, c_in, c_out = kernel.shape
-  # dL/dx: correlate dy with the spatially flipped, transposed kernel.
-  dx = _same_conv(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
-  cols = _patches(x, k)  # [N, H, W, k k C_in]
-  n = cols.shape[0] * cols.shape[1] * cols.shape[2]
-  dkernel = jnp.dot(cols.reshape(n, -1).T, dy.reshape(n, -1))
-  return dx, dkernel.reshape(k, k, c_in, c_out).astype(kernel.dtype)
-
-
-same_conv_matmul_grad.defvjp(_same_conv_fwd, _same_conv_bwd)
+def _taps(kernel: Array, axis: int, taps: list[int]) -> Array:
+  """``kernel`` at ``taps`` along ``axis`` (a step -2 progression: a strided
+  slice and a reversal, no gather)."""
+  lo, hi = taps[-1], taps[0]
+  return jax.lax.rev(jax.lax.slice_in_dim(kernel, lo, hi + 1, 2, axis),
+                     (axis,))
 
 
 def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
@@ -138,9 +117,17 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
                             matmul_grad: bool = False) -> Array:
   """Stride-2 transposed convolution as phase convolutions (module doc).
 
-  Only the configurations whose output is exactly twice the input
-  (``k - 2 p + output_padding == 2``) are supported; that is the usual
-  "upsample by two" deconvolution.
+  When both phases of an axis have as many taps and phase 1's offsets are
+  phase 0's plus one (even kernels, e.g. 4 with padding 1), the four phases
+  are one convolution of window ``k / 2`` with ``4 C_out`` outputs over one
+  extra row and column, each phase a shifted crop. Otherwise (e.g. 5 with
+  padding 2: 3 and 2 taps) four convolutions when ``C_in C_out`` reaches
+  `SPLIT_PHASES_MIN_CHANNELS` (AST-Seg's background generator, 1282 x 640:
+  0.77x the time of the alternative), else one convolution of window
+  ``2 r + 1`` over the zero-padded taps (`subpixel_kernel`). Only the configurations whose
+  output is exactly twice the input (``k - 2 p + output_padding == 2``) are
+  supported; that is the usual "upsample by two" deconvolution.
+  ``matmul_grad``: kernel gradients as matmuls (`ocjax.nn.conv.conv2d`).
   """
   k = kernel.shape[0]
   if k - 2 * padding + output_padding != 2:
@@ -148,9 +135,44 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
         f"conv_transpose_subpixel needs an output of exactly twice the input; "
         f"kernel {k}, padding {padding}, output_padding {output_padding} give "
         f"(n-1)*2 + {k - 2 * padding + output_padding}.")
-  phase_kernel = subpixel_kernel(kernel, padding).astype(x.dtype)
-  conv = same_conv_matmul_grad if matmul_grad else _same_conv
-  return depth_to_space(conv(x, phase_kernel))
+  kernel = kernel.astype(x.dtype)
+  b, h, w, _ = x.shape
+  c_in, c_out = kernel.shape[2:]
+  (d0, t0), (d1, t1) = _phase_offsets(k, padding)
+  if len(d0) == len(d1) and d1[0] == d0[0] + 1:
+    # One window-n convolution; output row m' holds phase 0 of row m' and
+    # phase 1 of row m' - 1.
+    taps = (t0, t1)
+    rows = [_taps(kernel, 0, taps[ay]) for ay in (0, 1)]
+    phase_k = jnp.stack([jnp.stack([_taps(r, 1, taps[ax]) for ax in (0, 1)],
+                                   axis=-2) for r in rows], axis=-3)
+    n = len(d0)  # phase_k: [n, n, C_in, 2, 2, C_out]
+    pads = ((-d0[0], d1[-1]),) * 2
+    y = conv.conv2d(x, phase_k.reshape(n, n, -1, 4 * c_out), pads,
+                    matmul_grad=matmul_grad)
+    y = y.reshape(b, h + 1, w + 1, 2, 2, c_out)
+    phases = [[y[:, ay:ay + h, ax:ax + w, ay, ax] for ax in (0, 1)]
+              for ay in (0, 1)]
+  elif c_in * c_out < SPLIT_PHASES_MIN_CHANNELS:
+    # Few channels: one window-(2r+1) convolution, zero taps included
+    # (fewer, larger matmuls win; GENESIS-V2's decoder is 1.2x slower split).
+    phase_k = subpixel_kernel(kernel, padding)
+    r = (phase_k.shape[0] - 1) // 2
+    return depth_to_space(conv.conv2d(x, phase_k, ((r, r), (r, r)),
+                                      matmul_grad=matmul_grad))
+  else:
+    offsets = ((d0, t0), (d1, t1))
+    phases = []
+    for dy, ty in offsets:
+      row = []
+      for dx, tx in offsets:
+        kern = _taps(_taps(kernel, 0, ty), 1, tx)
+        row.append(conv.conv2d(x, kern, ((-dy[0], dy[-1]), (-dx[0], dx[-1])),
+                               matmul_grad=matmul_grad))
+      phases.append(row)
+  # [B, H, 2, W, 2, C]: y[2m + a_y, 2l + a_x] = phase (a_y, a_x) at (m, l).
+  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+  return y.reshape(b, 2 * h, 2 * w, c_out)
 
 
 def conv_transpose_dilated(x: Array, kernel: Array, padding: int,
@@ -173,7 +195,7 @@ class ConvTranspose2x(nn.Module):
   """Stride-2 transposed convolution (PyTorch semantics), upsampling by 2.
 
   Parameters: ``kernel [k, k, C_in, C_out]`` in the scatter layout of
-  `subpixel_kernel` and ``bias [C_out]``. ``subpixel=False`` computes the
+  `conv_transpose_subpixel` and ``bias [C_out]``. ``subpixel=False`` computes the
   plain zero-dilated form (identical numbers, slower on CPU).
   ``matmul_grad`` computes the kernel gradient as one matmul (None: on CPU).
   TensorFlow's ``conv2d_transpose(padding='SAME')`` with k = 5, stride 2
