@@ -128,8 +128,9 @@ def our_step(images, *, image_size: int, num_slots: int, inference: bool,
 
 def step_closure(config, images, *, inference: bool, step: int | None = None):
   """Our jitted training step (or forward pass) of ``config`` on ``images``
-  as a closure; returns it, XLA's FLOP count of the compiled computation
-  and the micro-batches. ``step`` sets the train state's step counter (the
+  as a closure (its ``compiled`` attribute: the compiled computation);
+  returns it, XLA's FLOP count of the compiled computation and the
+  micro-batches. ``step`` sets the train state's step counter (the
   trainer passes it to models that declare ``uses_step``)."""
   import jax  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -139,9 +140,13 @@ def step_closure(config, images, *, inference: bool, step: int | None = None):
   batch = {"image": jax.numpy.asarray(images)}
   if inference:
     fn = run.apply_fn("eval")
-    flops = _flops(fn.lower(state.variables(), batch).compile())
-    return (lambda: jax.block_until_ready(
-        fn(state.variables(), batch).losses)), flops, 1
+    compiled = fn.lower(state.variables(), batch).compile()
+
+    def forward():
+      return jax.block_until_ready(fn(state.variables(), batch).losses)
+
+    forward.compiled = compiled
+    return forward, _flops(compiled), 1
   if step is not None:
     state = state.replace(step=jax.numpy.int32(step))
   accum = step_lib.resolve_grad_accum(config.train, len(images),
@@ -149,14 +154,15 @@ def step_closure(config, images, *, inference: bool, step: int | None = None):
   train_step = step_lib.make_train_step(
       run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum)
   # The micro-batches are an unrolled loop: XLA counts every one.
-  flops = _flops(train_step.lower(state, batch).compile())
+  compiled = train_step.lower(state, batch).compile()
   box = [state]
 
   def run_step():
     box[0], metrics = train_step(box[0], batch)
     return float(metrics["loss"])
 
-  return run_step, flops, accum
+  run_step.compiled = compiled  # its HLO, for benchmarks/profile_ops.py
+  return run_step, _flops(compiled), accum
 
 
 def official_flops(step) -> float:

@@ -33,3 +33,36 @@ def test_without_torch_returns_2_and_how_to(module, monkeypatch, capsys,
   monkeypatch.setattr(vs_official, "import_torch", lambda threads=0: None)
   assert module.main([f"--official_dir={tmp_path}"]) == 2
   assert "pip install torch" in capsys.readouterr().err
+
+
+def test_profile_ops_reports_modules_and_ops(capsys, tmp_path):
+  """A traced step of a minute model: per-module times that add up to the
+  total, and the top ops with the module that issued them."""
+  from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
+  assert profile_ops.main([
+      "--config=experiments/genesis_v2.py:quick,tiny", "--batch=2",
+      "--grad_accum=1",
+      "--steps=1", "--top=3", f"--trace_dir={tmp_path}",
+      "--config.model.num_slots=3"]) == 0
+  out = capsys.readouterr().out
+  total = float(out.split("XLA ops ")[1].split()[0])
+  modules = out.split("per module and direction:")[1].split("top 3 ops:")[0]
+  seconds = [float(line.split()[0]) for line in modules.strip().splitlines()]
+  assert total > 0 and abs(sum(seconds) - total) <= 0.002 * len(seconds)
+  assert "GenesisV2" in modules and (" fwd" in modules and " bwd" in modules)
+  assert len(out.split("top 3 ops:")[1].strip().splitlines()) == 3
+
+
+def test_profile_ops_names_a_bad_override():
+  from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    profile_ops.main(["--config=experiments/genesis_v2.py", "model.x=1"])
+
+
+def test_module_of_strips_transformations():
+  from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
+  name = ("jit(train_step)/transpose(jvp(AstSeg))/AstSeg.encode/"
+          "unet/conv/conv_general_dilated")
+  assert profile_ops.module_of(name) == "AstSeg.encode/unet bwd"
+  assert profile_ops.module_of("jit(f)/jvp(M)/M.a/dot_general",
+                               depth=8) == "M.a fwd"
