@@ -1,7 +1,7 @@
 r"""Where a model's jitted step spends its time, op by op, by module.
 
     python benchmarks/profile_ops.py --config=experiments/ast_seg.py:shapestacks \
-        [--batch=8] [--steps=3] [--inference] [--top=25] [--grad_accum=N|auto] \
+        [--batch=8] [--steps=3] [--inference] [--top=25] [--grad_accum=N] \
         [--config.x.y=v ...]
 
 Builds the experiment's training step (or forward pass) as the benchmarks do
@@ -56,8 +56,8 @@ def module_of(op_name: str, depth: int = 2) -> str:
   -> ``AstSeg.encode/unet bwd`` (the first ``depth`` module levels)."""
   direction = "bwd" if "transpose(" in op_name else "fwd"
   parts = [p for p in op_name.split("/")
-           if not re.match(r"^(jit|jvp|transpose|vmap|remat|checkpoint)\(",
-                           p)]
+           if not re.match(r"^(jit|pjit|jvp|transpose|vmap|remat|checkpoint)"
+                           r"\(|^closed_call$", p)]
   modules = [p for p in parts[:-1] if p]  # the last part is the primitive
   return f"{'/'.join(modules[:depth]) or '(top level)'} {direction}"
 
@@ -111,8 +111,9 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--inference", action="store_true")
-  p.add_argument("--grad_accum", default=None,
-                 help="micro-batches per step (default: the config's)")
+  p.add_argument("--grad_accum", type=int, default=None,
+                 help="micro-batches per step, 0: automatic (default: the "
+                 "config's train.grad_accum_steps)")
   p.add_argument("--train_step", type=int, default=None,
                  help="the train state's step counter")
   p.add_argument("--trace_dir", default=None,
@@ -131,11 +132,9 @@ def main(argv=None) -> int:
     common.set_fields(config, overrides)
     config.train.batch_size = args.batch
     if args.grad_accum is not None:
-      config.train.grad_accum_steps = (
-          args.grad_accum if args.grad_accum == "auto" else
-          int(args.grad_accum))
-  accum = config.train.grad_accum_steps
-  if isinstance(accum, int) and args.batch % accum:
+      config.train.grad_accum_steps = args.grad_accum
+  accum = int(config.train.grad_accum_steps)
+  if accum > 0 and args.batch % accum:
     p.error(f"--batch={args.batch} is not a multiple of the config's "
             f"{accum} micro-batches (train.grad_accum_steps); set "
             "--grad_accum")

@@ -64,5 +64,5 @@ def test_module_of_strips_transformations():
   name = ("jit(train_step)/transpose(jvp(AstSeg))/AstSeg.encode/"
           "unet/conv/conv_general_dilated")
   assert profile_ops.module_of(name) == "AstSeg.encode/unet bwd"
-  assert profile_ops.module_of("jit(f)/jvp(M)/M.a/dot_general",
+  assert profile_ops.module_of("jit(f)/closed_call/jvp(M)/M.a/dot_general",
                                depth=8) == "M.a fwd"
