@@ -219,6 +219,31 @@ def test_history_follows_the_checkpoint(trained, tmp_path):
   del config
 
 
+def test_the_purge_file_sorts_before_the_resumed_runs_events(tmp_path,
+                                                            monkeypatch):
+  """TensorBoard reads a run's event files in name order (creation second,
+  host, pid, counter): the restart markers must come before the events the
+  resumed run writes, or those are purged as orphans (seen under pytest-xdist,
+  whose worker's writer counter sorted the other way)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+  logdir = str(tmp_path)
+  # The purge writer's counter field "9..." sorts after TensorFlow's "1...".
+  monkeypatch.setattr(event_file_writer, "_global_uid",
+                      event_file_writer.AtomicCounter(9))
+  workdir_lib._purge_tensorboard(logdir, 3)  # pylint: disable=protected-access
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default(step=3):
+    tf.summary.scalar("loss", 1.0)
+  writer.close()
+  names = sorted(os.listdir(logdir))
+  assert len(names) == 2
+  first = list(event_file_loader.EventFileLoader(
+      os.path.join(logdir, names[0])).Load())
+  assert any(e.HasField("session_log") for e in first), names
+
+
 def test_history_without_checkpoints_is_refused(trained, tmp_path):
   config, workdir = _copy(trained, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -173,12 +174,18 @@ def _purge_tensorboard(logdir: str, step: int) -> None:
     return
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+  created = time.time()
   writer = event_file_writer.EventFileWriter(logdir)
   for _ in range(2):
     writer.add_event(event_pb2.Event(
         step=step, wall_time=time.time(),
         session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
   writer.close()
+  # TensorBoard reads a run's files in name order, and names start with the
+  # creation time in whole seconds; the resumed run's writer, created in the
+  # same second, could sort before this file (by its counter field), and its
+  # new events would then be dropped as orphans. Let a second pass.
+  time.sleep(max(0.0, math.floor(created) + 1 - time.time()))
 
 
 class StopSignals:
