@@ -15,9 +15,9 @@ names the Flax module and the JAX primitive it came from, so the report is
   direction (``fwd``; ``bwd``: ops under ``transpose(...)``, i.e. gradients);
 * the ``--top`` ops with their output shape and source.
 
-Image models; images are uniform noise. For models whose arithmetic follows the step
-(``uses_step``) ``--train_step`` sets the counter. Timings drift with the
-machine: compare variants in one run (e.g. ``benchmarks/vs_official*.py``).
+Image models; images are uniform noise. For models whose arithmetic follows
+the step (``uses_step``) ``--train_step`` sets the counter. Timings drift
+with the machine: compare variants in one run (``benchmarks/vs_official*.py``).
 """
 
 from __future__ import annotations
