@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jitted
 from ocjax import run as run_lib
 from ocjax.models import apex
 from ocjax.nn import mask_normalisation as mn
@@ -204,20 +205,23 @@ def _tiny(options: str = ""):
                       if k not in ("name", "dtype")})
 
 
+def _init(model, video):
+  return jitted(model.init, train=True, step=0)(
+      {"params": jax.random.key(1), "sample": jax.random.key(2)},
+      {"video": video})
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
   model = _tiny()
   video = jax.random.uniform(jax.random.key(0), (2, 3, 32, 32, 3))
-  variables = model.init({"params": jax.random.key(1),
-                          "sample": jax.random.key(2)}, {"video": video},
-                         train=True, step=0)
-  return model, variables, video
+  return model, _init(model, video), video
 
 
 def test_outputs_are_in_track_space(tiny_model):
   model, variables, video = tiny_model
-  out = model.apply(variables, {"video": video}, train=True, step=0,
-                    rngs={"sample": jax.random.key(3)})
+  out = jitted(model.apply, train=True, step=0)(
+      variables, {"video": video}, rngs={"sample": jax.random.key(3)})
   n = model.num_slots
   assert out.masks.shape == (2, 3, n + 1, 32, 32, 1)
   assert out.components.shape == (2, 3, n + 1, 32, 32, 3)
@@ -238,8 +242,9 @@ def test_inference_is_causal(tiny_model):
   """Eq. (13): frame t's decomposition depends on frames <= t only."""
   model, variables, video = tiny_model
   other = video.at[:, 2].set(1.0 - video[:, 2])
-  a = model.apply(variables, {"video": video}, train=False)
-  b = model.apply(variables, {"video": other}, train=False)
+  apply = jitted(model.apply, train=False)
+  a = apply(variables, {"video": video})
+  b = apply(variables, {"video": other})
   np.testing.assert_allclose(a.masks[:, :2], b.masks[:, :2], atol=1e-6)
   assert not np.allclose(a.masks[:, 2], b.masks[:, 2], atol=1e-4)
 
@@ -252,7 +257,7 @@ def test_gradients_are_finite(tiny_model):
                       step=0, rngs={"sample": jax.random.key(4)})
     return sum(jnp.mean(v) for v in out.losses.values())
 
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
@@ -263,12 +268,10 @@ def test_ablation_switches_change_the_model(tiny_model, option):
   model, variables, video = tiny_model
   ablated = _tiny(option)
   assert ablated != model
-  a = model.apply(variables, {"video": video}, train=False)
+  a = jitted(model.apply, train=False)(variables, {"video": video})
   if option == "image_stn":  # the crop CNNs read 3 channels, not F
-    variables = ablated.init({"params": jax.random.key(1),
-                              "sample": jax.random.key(2)},
-                             {"video": video}, train=True, step=0)
-  b = ablated.apply(variables, {"video": video}, train=False)
+    variables = _init(ablated, video)
+  b = jitted(ablated.apply, train=False)(variables, {"video": video})
   np.testing.assert_allclose(np.asarray(b.masks).sum(2), 1.0, atol=1e-5)
   assert all(np.all(np.isfinite(v)) for v in b.losses.values())
   assert not np.allclose(a.losses["nll"], b.losses["nll"])

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jitted
 from experiments import ast_seg as experiment
 from ocjax import run as run_lib
 from ocjax.train import optimizer as optimizer_lib
@@ -43,8 +44,9 @@ def _batch(b=2, size=32, seed=0):
 
 
 def _init(model, batch):
-  return model.init({"params": jax.random.key(0),
-                     "dropout": jax.random.key(1)}, batch, train=False)
+  """``model.init``, jitted: one XLA program, not the eager op-by-op run."""
+  return jitted(model.init, train=False)(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,7 +70,7 @@ def tiny():
 # ------------------------------------------------------------------ outputs
 def test_output_shapes_and_masks(tiny):
   model, variables, batch = tiny
-  out = model.apply(variables, batch, train=False)
+  out = jitted(model.apply, train=False)(variables, batch)
   b, k = 2, model.num_slots
   assert out.recon.shape == (b, 32, 32, 3)
   assert out.masks.shape == (b, k + 1, 32, 32, 1)
@@ -407,14 +409,13 @@ def _background_grad_norm(model, step):
   batch = _batch()
   variables = _tiny_variables()  # the same parameters for every mode
 
-  def loss(params):
+  def loss(params, step):
     method = ast_seg.AstSeg._background  # pylint: disable=protected-access
     bg = model.apply(dict(variables, params=params), batch,
-                     jnp.asarray(batch["image"]), jnp.int32(step),
-                     method=method)
+                     jnp.asarray(batch["image"]), step, method=method)
     return jnp.sum(bg)
 
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"], jnp.int32(step))
   return float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(
       grads["background_ae"])))
 
@@ -614,15 +615,15 @@ def test_segformer_weights_file(tmp_path):
   from ocjax.nn import segformer  # pylint: disable=g-import-not-at-top
   net = segformer.Segformer(7, variant="tiny")
   x = jnp.asarray(_batch(1)["image"])
-  v = net.init(jax.random.key(0), x, train=False)
-  assert net.apply(v, x, train=False).shape == (1, 8, 8, 7)
+  v = jitted(net.init, train=False)(jax.random.key(0), x)
+  assert jitted(net.apply, train=False)(v, x).shape == (1, 8, 8, 7)
   pretrained = jax.tree.map(lambda p: p + 1.0, v["params"])
   hf = {"segformer." + k: a for k, a in segformer.to_hf(pretrained).items()}
   hf["classifier.weight"] = np.zeros((10, 16), np.float32)  # ignored
   path = str(tmp_path / "model.safetensors")
   _write_safetensors(path, hf)
-  loaded = segformer.Segformer(7, weights=path, variant="tiny").init(
-      jax.random.key(1), x, train=False)["params"]
+  loaded = jitted(segformer.Segformer(7, weights=path, variant="tiny").init,
+                  train=False)(jax.random.key(1), x)["params"]
   for key in pretrained:
     if key.startswith(("linear_c", "linear_fuse", "batch_norm",
                        "classifier")):  # the decode head stays random
