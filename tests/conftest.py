@@ -1,4 +1,5 @@
-"""Shared test helpers: where the reference fixtures live."""
+"""Shared test set-up: the run's XLA compilation cache, where the reference
+fixtures live, and jitted model calls."""
 
 from __future__ import annotations
 
