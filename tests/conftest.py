@@ -99,8 +99,8 @@ def jitted(method, **static):
   ``static`` its Python keywords (``train``, ``step``).
 
   Run eagerly, a model's thousands of small ops are dispatched, and many
-  compiled, one by one: on 2 cores that took minutes per call for the video
-  models, against seconds for one compiled program.
+  compiled, one by one (APEX's tiny gradient test: 82 s eagerly, 47 s jitted,
+  compilation included, in two runs on 2 cores).
   """
   import jax  # pylint: disable=g-import-not-at-top
   return jax.jit(functools.partial(method, **static))
