@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from benchmarks import vs_official
@@ -66,3 +68,79 @@ def test_module_of_strips_transformations():
   assert profile_ops.module_of(name) == "AstSeg.encode/unet bwd"
   assert profile_ops.module_of("jit(f)/closed_call/jvp(M)/M.a/dot_general",
                                depth=8) == "M.a fwd"
+
+
+def _discovery_args(workdir, *extra):
+  return ["--model=monet", "--preset=quick,tiny",
+          "--dataset=tetrominoes_like", "--eval_every=2", "--eval_images=8",
+          f"--workdir={workdir}", *extra]
+
+
+@pytest.mark.slow
+def test_discovery_curve_resumes_and_tabulates(tmp_path, capsys):
+  """The curve command's rerun resumes the training run and keeps the curve
+  it had; its table names when each threshold was (not) reached."""
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import discovery  # pylint: disable=g-import-not-at-top
+  w = tmp_path / "monet"
+  assert discovery.main(_discovery_args(
+      w, "--minutes=30", "--config.train.num_steps=2")) == 0
+  first = json.loads((w / "curve.json").read_text())
+  assert first["dataset"] == "tetrominoes_like" and first["num_slots"] == 3
+  assert [p["step"] for p in first["curve"]] == [2]
+  eval_2 = (w / "eval" / "2.json").read_text()
+  initial = (w / "initial.json").read_text()
+  # Cut before the curve was written, then asked for more steps: the run
+  # resumes from its checkpoint of step 2 (its evaluation is kept, not
+  # redone) and the untrained scores are read back.
+  (w / "curve.json").unlink()
+  assert discovery.main(_discovery_args(
+      w, "--minutes=30", "--config.train.num_steps=4")) == 0
+  assert "Resuming from the checkpoint of step 2" in capsys.readouterr().out
+  second = json.loads((w / "curve.json").read_text())
+  assert [p["step"] for p in second["curve"]] == [2, 4]
+  assert second["curve"][0] == first["curve"][0]
+  assert (w / "eval" / "2.json").read_text() == eval_2
+  assert (w / "initial.json").read_text() == initial
+  assert second["curve"][1]["train_seconds"] >= first["curve"][0][
+      "train_seconds"]
+  md = (w / "discovery.md").read_text()
+  row = next(line for line in md.splitlines() if line.startswith("| monet"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[:4] == ["monet", "tetrominoes_like", "3", "4"]
+  reached = [p["ari_fg"] >= 0.8 for p in second["curve"]]
+  assert (cells[7] == "not within 4 steps") == (not any(reached))
+
+
+def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path):
+  from benchmarks import discovery  # pylint: disable=g-import-not-at-top
+  # K covers the preset's data (sprites: up to 5 objects, K = 6): the
+  # background slot is kept on three tetrominoes; a smaller K is kept as is.
+  quick = discovery.build_config("monet", "quick", "tetrominoes_like", 1, 1,
+                                 8, {})
+  assert quick.model.num_slots == 4 and quick.data.name == "tetrominoes_like"
+  assert quick.model.image_size == quick.data.image_size == 32
+  tiny = discovery.build_config("monet", "quick,tiny", "tetrominoes_like", 1,
+                                1, 8, {})
+  assert tiny.model.num_slots == 3
+  # A finished run (its budget spent) is read back, not trained again.
+  w = tmp_path / "run"
+  w.mkdir()
+  done = {"model": "monet", "dataset": "sprites", "minutes": 0.5,
+          "num_slots": 6, "initial": {"ari_fg": 0.1},
+          "curve": [{"step": 7, "train_seconds": 30.5, "ari_fg": 0.6,
+                     "msc_fg": 0.5, "mse": 0.01}],
+          "first_reach": {"0.5": {"step": 7, "train_seconds": 30.5},
+                          "0.8": None}}
+  (w / "curve.json").write_text(__import__("json").dumps(done))
+  assert discovery.finished(str(w), 0.5) == done
+  assert discovery.finished(str(w), 1.0) is None  # more minutes: continue
+  assert discovery.main(["--model=monet", "--minutes=0.5",
+                         f"--workdir={w}"]) == 0
+  assert sorted(os.listdir(w)) == ["curve.json", "discovery.json",
+                                   "discovery.md"]
+  md = (w / "discovery.md").read_text()
+  assert "| 7 (0.5 min) | not within 7 steps |" in md
+  # A dataset that does not exist is named.
+  with pytest.raises(SystemExit):
+    discovery.main(["--model=monet", "--dataset=nope", f"--workdir={w}"])
