@@ -223,7 +223,7 @@ def table(results: list[dict]) -> str:
   """Markdown: per run the step (training minutes) of first reaching each
   ARI-FG threshold, and the scores at the start and the end."""
   head = ("| model | dataset | K | steps | minutes | untrained ARI-FG | "
-          "ARI-FG 0.5 at | ARI-FG 0.8 at | best ARI-FG | last ARI-FG | "
+          "ARI-FG 0.5 at | ARI-FG 0.8 at | peak ARI-FG | last ARI-FG | "
           "last MSC-FG | last MSE |")
   lines = [head, "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
   for r in results:
