@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -80,7 +81,6 @@ def _discovery_args(workdir, *extra):
 def test_discovery_curve_resumes_and_tabulates(tmp_path, capsys):
   """The curve command's rerun resumes the training run and keeps the curve
   it had; its table names when each threshold was (not) reached."""
-  import json  # pylint: disable=g-import-not-at-top
   from benchmarks import discovery  # pylint: disable=g-import-not-at-top
   w = tmp_path / "monet"
   assert discovery.main(_discovery_args(
@@ -112,7 +112,8 @@ def test_discovery_curve_resumes_and_tabulates(tmp_path, capsys):
   assert (cells[7] == "not within 4 steps") == (not any(reached))
 
 
-def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path):
+def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path,
+                                                                  capsys):
   from benchmarks import discovery  # pylint: disable=g-import-not-at-top
   # K covers the preset's data (sprites: up to 5 objects, K = 6): the
   # background slot is kept on three tetrominoes; a smaller K is kept as is.
@@ -132,7 +133,7 @@ def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path):
                      "msc_fg": 0.5, "mse": 0.01}],
           "first_reach": {"0.5": {"step": 7, "train_seconds": 30.5},
                           "0.8": None}}
-  (w / "curve.json").write_text(__import__("json").dumps(done))
+  (w / "curve.json").write_text(json.dumps(done))
   assert discovery.finished(str(w), 0.5) == done
   assert discovery.finished(str(w), 1.0) is None  # more minutes: continue
   assert discovery.main(["--model=monet", "--minutes=0.5",
@@ -144,3 +145,4 @@ def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path):
   # A dataset that does not exist is named.
   with pytest.raises(SystemExit):
     discovery.main(["--model=monet", "--dataset=nope", f"--workdir={w}"])
+  assert "--dataset: unknown dataset 'nope'" in capsys.readouterr().err
