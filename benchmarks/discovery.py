@@ -230,14 +230,14 @@ def table(results: list[dict]) -> str:
     curve = r["curve"] or [{}]
     last = curve[-1]
     steps = int(last.get("step", 0))
-    best = max((p["ari_fg"] for p in r["curve"]), default=float("nan"))
+    peak = max((p["ari_fg"] for p in r["curve"]), default=float("nan"))
     lines.append(
         f"| {r['model']} | {r['dataset']} | {r.get('num_slots') or '-'} | "
         f"{steps:,} | {last.get('train_seconds', 0) / 60:.1f} | "
         f"{r['initial']['ari_fg']:.3f} | "
         + " | ".join(_reach(r["first_reach"][str(t)], steps)
                      for t in THRESHOLDS)
-        + f" | {best:.3f} | {last.get('ari_fg', float('nan')):.3f} | "
+        + f" | {peak:.3f} | {last.get('ari_fg', float('nan')):.3f} | "
         f"{last.get('msc_fg', float('nan')):.3f} | "
         f"{last.get('mse', float('nan')):.4f} |")
   return "\n".join(lines) + "\n"
