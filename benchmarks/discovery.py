@@ -61,10 +61,11 @@ THRESHOLDS = (0.5, 0.8)
 
 
 def max_objects(data) -> int | None:
-  """The most objects a scene of the data config holds (None: not declared)."""
+  """The most objects a scene of the data config holds (None: not declared,
+  or no limit, as the DeepMind sets' ``max_objects = -1``)."""
   for field in ("max_objects", "num_objects"):
     if field in data and data[field] is not None:
-      return int(data[field])
+      return int(data[field]) if int(data[field]) >= 0 else None
   return None
 
 

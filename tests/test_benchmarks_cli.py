@@ -124,6 +124,10 @@ def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path,
   tiny = discovery.build_config("monet", "quick,tiny", "tetrominoes_like", 1,
                                 1, 8, {})
   assert tiny.model.num_slots == 3
+  # The DeepMind Tetrominoes preset (max_objects = -1: no limit) keeps K = 4.
+  paper = discovery.build_config("slot_attention", "tetrominoes",
+                                 "tetrominoes_like", 1, 1, 8, {})
+  assert paper.model.num_slots == 4 and paper.data.name == "tetrominoes_like"
   # A finished run (its budget spent) is read back, not trained again.
   w = tmp_path / "run"
   w.mkdir()
