@@ -52,6 +52,7 @@ import data_pipelines
 from experiments import common
 from ocjax import compare
 from ocjax import run as run_lib
+from ocjax.eval import curve
 from ocjax.eval import runner
 from ocjax.train import loop
 from ocjax.train import writers
@@ -100,79 +101,19 @@ def build_config(model: str, preset: str, dataset: str | None,
   return config
 
 
-def read_curve(workdir: str, run: run_lib.Run) -> list[dict]:
-  points = []
-  folder = os.path.join(workdir, "eval")
-  if not os.path.isdir(folder):
-    return points
-  for name in os.listdir(folder):
-    stem = name[:-len(".json")]
-    if not (name.endswith(".json") and stem.isdigit()):
-      continue
-    with open(os.path.join(folder, name), encoding="utf-8") as f:
-      results = json.load(f)
-    if "train_seconds" not in results:
-      continue
-    points.append({"step": int(results["step"]),
-                   "train_seconds": float(results["train_seconds"]),
-                   **compare._scores(results, run)})  # pylint: disable=protected-access
-  return sorted(points, key=lambda p: p["step"])
-
-
-def first_reach(points: list[dict], key: str = "ari_fg") -> dict:
-  out = {}
-  for t in THRESHOLDS:
-    hit = next((p for p in points if p[key] >= t), None)
-    out[str(t)] = (None if hit is None else
-                   {"step": hit["step"], "train_seconds": hit["train_seconds"]})
-  return out
-
-
-def plot(points: list[dict], path: str, title: str) -> None:
-  """A small line plot (PIL only): ARI-FG and MSC-FG against minutes."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  w, h, m = 520, 320, 40
-  img = Image.new("RGB", (w, h), (255, 255, 255))
-  d = ImageDraw.Draw(img)
-  d.text((m, 8), title, fill=(0, 0, 0))
-  d.rectangle([m, m, w - m, h - m], outline=(0, 0, 0))
-  tmax = max([p["train_seconds"] for p in points] + [1.0]) / 60
-  for y in (0.0, 0.5, 0.8, 1.0):
-    yy = h - m - y * (h - 2 * m)
-    d.line([m, yy, w - m, yy], fill=(220, 220, 220))
-    d.text((4, yy - 6), f"{y:.1f}", fill=(0, 0, 0))
-  d.text((w - m - 60, h - m + 8), f"{tmax:.1f} min", fill=(0, 0, 0))
-  for key, colour in (("ari_fg", (200, 30, 30)), ("msc_fg", (30, 90, 200))):
-    xy = [(m + p["train_seconds"] / 60 / tmax * (w - 2 * m),
-           h - m - max(0.0, p[key]) * (h - 2 * m)) for p in points]
-    if len(xy) > 1:
-      d.line(xy, fill=colour, width=2)
-    for x, y in xy:
-      d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-    d.text((m + 5, m + (5 if key == "ari_fg" else 18)),
-           key.upper().replace("_", "-"), fill=colour)
-  img.save(path)
-
-
 def discovery(workdir: str, config) -> dict:
+  hooks = [loop.Hook(int(config.train.eval_every),
+                     lambda r, state, step, info: runner.evaluate_state(
+                         r, workdir, state, step, info), at_end=True),
+           # The untrained model, before the first step (eval/untrained.json).
+           loop.Hook(0, lambda r, state, step, info: (
+               runner.evaluate_untrained(r, workdir, state.variables())),
+                     at_start=True)]
+  loop.train(config, workdir, hooks=hooks)
   run = run_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  initial_path = os.path.join(workdir, "initial.json")
-  if os.path.exists(initial_path):
-    with open(initial_path, encoding="utf-8") as f:
-      initial = json.load(f)
-  else:
-    initial = compare._scores(runner.evaluate_variables(  # pylint: disable=protected-access
-        run, run.init_state().variables()), run)
-    with open(initial_path, "w", encoding="utf-8") as f:
-      json.dump(initial, f)
-  writers.log("Untrained %s on %s: ARI-FG %.3f (%s).", config.model.name,
-              config.data.name, initial["ari_fg"], initial["segmentation"])
-  hook = loop.Hook(int(config.train.eval_every),
-                   lambda r, state, step, info: runner.evaluate_state(
-                       r, workdir, state, step, info), at_end=True)
-  loop.train(config, workdir, hooks=[hook])
-  points = read_curve(workdir, run)
+  initial = runner.headline_scores(runner.evaluate_untrained(run, workdir),
+                                   run)
+  points = curve.read(workdir, run)
   result = {"model": config.model.name, "experiment": config.experiment,
             "dataset": config.data.name,
             "image_size": int(config.data.image_size),
@@ -180,12 +121,13 @@ def discovery(workdir: str, config) -> dict:
             "num_slots": int(config.model.get("num_slots", 0)) or None,
             "minutes": float(config.train.time_budget_s) / 60,
             "initial": initial, "curve": points,
-            "first_reach": first_reach(points)}
+            "first_reach": curve.first_reach(points, THRESHOLDS)}
   with open(os.path.join(workdir, "curve.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
-  plot(points, os.path.join(workdir, "curve.png"),
-       f"{config.model.name} on {config.data.name} "
-       f"{config.data.image_size}x{config.data.image_size}")
+  curve.plot(curve.read(workdir, run, untrained=True),
+             os.path.join(workdir, "curve.png"),
+             f"{config.model.name} on {config.data.name} "
+             f"{config.data.image_size}x{config.data.image_size}")
   last = points[-1] if points else {}
   reach = ", ".join(
       f"ARI-FG {t}: " + (f"step {v['step']} ({v['train_seconds'] / 60:.1f} "

@@ -67,18 +67,6 @@ def _parameters(state) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
 
 
-def _scores(results: dict[str, Any], run: run_lib.Run) -> dict[str, float]:
-  mode = next(iter(run.eval_modes()))
-  seg = run.model.reported_segmentation
-  best = max((results[k] for k in results
-              if k.startswith(f"{mode}/") and k.endswith("/ari_fg")),
-             default=float("nan"))
-  return {"ari_fg": results.get(f"{mode}/{seg}/ari_fg", float("nan")),
-          "msc_fg": results.get(f"{mode}/{seg}/msc_fg", float("nan")),
-          "best_ari_fg": best, "mse": results.get("mse", float("nan")),
-          "segmentation": f"{mode}/{seg}"}
-
-
 def compare_model(name: str, workdir: str, config) -> dict[str, Any]:
   """Trains (or resumes) one model and scores it; returns its table row."""
   done = os.path.join(workdir, DONE_FILE)
@@ -87,10 +75,11 @@ def compare_model(name: str, workdir: str, config) -> dict[str, Any]:
       row = json.load(f)
     writers.log("%s: finished earlier (%s).", name, done)
     return row
-  run = run_lib.build(config)
-  # The untrained model, scored the same way (what training added).
-  initial = runner.evaluate_variables(run, run.init_state().variables())
-  hooks = []
+  # The untrained model, scored the same way before the first step (what
+  # training added).
+  hooks = [loop.Hook(0, lambda r, state, step, info: (
+      runner.evaluate_untrained(r, workdir, state.variables())),
+                     at_start=True)]
   if config.train.eval_every > 0:
     hooks.append(loop.Hook(
         int(config.train.eval_every),
@@ -100,6 +89,7 @@ def compare_model(name: str, workdir: str, config) -> dict[str, Any]:
   loop.train(config, workdir, hooks=hooks)
   wall = time.monotonic() - t0
   run = run_lib.build(run_lib.config_from_workdir(workdir))
+  initial = runner.evaluate_untrained(run, workdir)
   checkpointer = run.checkpointer(workdir, read_only=True)
   try:
     state, meta = run.restore(checkpointer)
@@ -113,8 +103,10 @@ def compare_model(name: str, workdir: str, config) -> dict[str, Any]:
          "steps": steps, "train_seconds": seconds,
          "steps_per_sec": steps / seconds if seconds > 0 else float("nan"),
          "batch_size": int(config.train.batch_size),
-         "parameters": _parameters(state), "trained": _scores(results, run),
-         "initial": _scores(initial, run), "wall_seconds_this_call": wall,
+         "parameters": _parameters(state),
+         "trained": runner.headline_scores(results, run),
+         "initial": runner.headline_scores(initial, run),
+         "wall_seconds_this_call": wall,
          "num_images": results.get("num_images")}
   if jax.process_index() == 0:
     with open(done, "w", encoding="utf-8") as f:

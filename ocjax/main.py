@@ -57,6 +57,7 @@ def main(argv):
                          "--config=experiments/genesis_v2.py:quick).")
   # Imports after flag parsing keep `--help` fast.
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from ocjax.eval import curve  # pylint: disable=g-import-not-at-top
   from ocjax.eval import fid  # pylint: disable=g-import-not-at-top
   from ocjax.eval import runner  # pylint: disable=g-import-not-at-top
   from ocjax.eval import sampling  # pylint: disable=g-import-not-at-top
@@ -71,11 +72,17 @@ def main(argv):
       hooks = [loop.Hook(every, lambda run, state, step, info: (
           runner.evaluate_state(run, workdir, state, step, info)))
               ] if every > 0 else []
+      if config.eval.get("untrained_baseline", False):
+        hooks.append(loop.Hook(0, lambda run, state, step, info: (
+            runner.evaluate_untrained(run, workdir, state.variables())),
+                               at_start=True))
       # Earlier phases (e.g. AST-Seg's background pretraining), each its own
       # resumable run in <workdir>/<phase>; they fill fields of the config.
       config = curriculum.prepare(config, workdir, loop.train)
       loop.train(config, workdir, hooks=hooks)
       runner.evaluate(workdir)
+      if every > 0:
+        curve.write_plot(workdir)
     elif mode == "eval":
       runner.evaluate(workdir, _STEP.value, config=config)
     elif mode == "fid":

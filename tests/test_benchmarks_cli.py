@@ -89,7 +89,7 @@ def test_discovery_curve_resumes_and_tabulates(tmp_path, capsys):
   assert first["dataset"] == "tetrominoes_like" and first["num_slots"] == 3
   assert [p["step"] for p in first["curve"]] == [2]
   eval_2 = (w / "eval" / "2.json").read_text()
-  initial = (w / "initial.json").read_text()
+  initial = (w / "eval" / "untrained.json").read_text()
   # Cut before the curve was written, then asked for more steps: the run
   # resumes from its checkpoint of step 2 (its evaluation is kept, not
   # redone) and the untrained scores are read back.
@@ -101,7 +101,7 @@ def test_discovery_curve_resumes_and_tabulates(tmp_path, capsys):
   assert [p["step"] for p in second["curve"]] == [2, 4]
   assert second["curve"][0] == first["curve"][0]
   assert (w / "eval" / "2.json").read_text() == eval_2
-  assert (w / "initial.json").read_text() == initial
+  assert (w / "eval" / "untrained.json").read_text() == initial
   assert second["curve"][1]["train_seconds"] >= first["curve"][0][
       "train_seconds"]
   md = (w / "discovery.md").read_text()

@@ -288,6 +288,77 @@ def _write_best_worst_grid(run, workdir, variables, step, per_image):
   return path
 
 
+def headline_scores(results: dict[str, Any], run: run_lib.Run
+                    ) -> dict[str, Any]:
+  """The scores a run is judged by: ARI-FG and MSC-FG of the model's
+  reported segmentation (``reported_segmentation``) in its first evaluation
+  mode, the best ARI-FG of any of its segmentations, and the MSE."""
+  mode = next(iter(run.eval_modes()))
+  seg = run.model.reported_segmentation
+  best = max((results[k] for k in results
+              if k.startswith(f"{mode}/") and k.endswith("/ari_fg")),
+             default=float("nan"))
+  return {"ari_fg": results.get(f"{mode}/{seg}/ari_fg", float("nan")),
+          "msc_fg": results.get(f"{mode}/{seg}/msc_fg", float("nan")),
+          "best_ari_fg": best, "mse": results.get("mse", float("nan")),
+          "segmentation": f"{mode}/{seg}"}
+
+
+UNTRAINED_FILE = "untrained.json"  # in <workdir>/eval
+
+
+def evaluate_untrained(run: run_lib.Run, workdir: str,
+                       variables=None) -> dict[str, Any]:
+  """The untrained baseline: the run's initial weights (``variables``, or
+  the initial state ``config.seed`` gives) scored like a checkpoint, once
+  (``eval/untrained.json``, read back after that); what training adds is
+  measured against it."""
+  results = read_untrained(workdir)
+  if results is not None:
+    return results
+  if variables is None:
+    variables = run.init_state().variables()
+  results = evaluate_variables(run, variables)
+  results["step"] = 0
+  path = os.path.join(workdir, "eval", UNTRAINED_FILE)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+  top = headline_scores(results, run)
+  writers.log("The untrained model (the baseline) on %d %s images: ARI-FG "
+              "%.3f (%s masks), MSE %.4f (%s).", results.get("num_images", 0),
+              results["split"], top["ari_fg"], top["segmentation"],
+              top["mse"], path)
+  return results
+
+
+def read_untrained(workdir: str) -> dict[str, Any] | None:
+  """``eval/untrained.json`` of the run, or None if it was not scored."""
+  path = os.path.join(workdir, "eval", UNTRAINED_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def summary(run: run_lib.Run, results: dict[str, Any],
+            untrained: dict[str, Any] | None = None) -> str:
+  """One line: held-out ARI-FG after training next to the untrained one."""
+  top = headline_scores(results, run)
+  line = (f"Held-out ARI-FG {top['ari_fg']:.3f} ({top['segmentation']} "
+          f"masks, {results.get('num_images', 0)} {results.get('split')} "
+          f"images, step {results.get('step')})")
+  if untrained is not None:
+    line += (f"; untrained {headline_scores(untrained, run)['ari_fg']:.3f}"
+             " (the same model before training")
+    if untrained.get("num_images") != results.get("num_images"):
+      line += f", {untrained.get('num_images')} images"
+    line += ")"
+  return line + f"; MSC-FG {top['msc_fg']:.3f}, MSE {top['mse']:.4f}."
+
+
 def evaluate(workdir: str, step: int | None = None, *, config=None):
   """Evaluates a checkpoint of the run in ``workdir`` (default: the step
   ``eval.step`` names, -1 for the latest).
@@ -296,8 +367,11 @@ def evaluate(workdir: str, step: int | None = None, *, config=None):
   only change the evaluation settings (`ocjax.run.config_from_workdir`).
   """
   data_pipelines.configure_tensorflow()
+  saved = run_lib.config_from_workdir(workdir, config)
+  mesh_lib.use_cpu_devices(int(saved.mesh.get("cpu_devices", 0)))
   if step is None:
-    saved = run_lib.config_from_workdir(workdir, config)
     step = int(saved.eval.step)
   run, state = run_lib.restore(workdir, step, config=config)
-  return evaluate_state(run, workdir, state, int(state.step))
+  results = evaluate_state(run, workdir, state, int(state.step))
+  writers.log("%s", summary(run, results, read_untrained(workdir)))
+  return results

@@ -42,11 +42,14 @@ class Hook:
   """Work the loop does every ``every`` steps: ``fn(run, state, step,
   info)``, ``info`` holding ``train_seconds`` (training time so far, pauses
   and earlier processes included) and ``last`` (the run's final step, where
-  hooks with ``at_end`` also run). Evaluation reaches training this way, so
-  this module never imports `ocjax.eval`."""
+  hooks with ``at_end`` also run); those with ``at_start`` also run once on
+  the initial state (step 0) of a run started from scratch, before its
+  first step (e.g. the untrained baseline). Evaluation reaches training
+  this way, so this module never imports `ocjax.eval`."""
   every: int
   fn: Callable[[run_lib.Run, Any, int, dict], Any]
   at_end: bool = False
+  at_start: bool = False
 
 
 def example_batch(config, split: str = "test", size: int = 1):
@@ -133,6 +136,8 @@ def train(config, workdir: str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
   # --- setup
   if config.mesh.distributed:
     mesh_lib.initialize_distributed(config.mesh)
+  else:
+    mesh_lib.use_cpu_devices(int(config.mesh.get("cpu_devices", 0)))
   run = run_lib.validate(config)
   workdir_lib.prepare(workdir)
   lock = (workdir_lib.Lock(workdir) if jax.process_index() == 0
@@ -211,6 +216,10 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       indent=2) + "\n```", "parameters": "```\n" + writers.parameter_table(
           state.params, depth=2) + "\n```"})
 
+  if not meta:  # before the first step and its clock
+    for hook in hooks:
+      if hook.at_start:
+        hook.fn(run, state, start, {"train_seconds": 0.0, "last": False})
   # --- loop
   profile = run_lib.profile_window(tc)
   tracing = False
