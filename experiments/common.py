@@ -81,12 +81,19 @@ def base_config(*, model: ml_collections.ConfigDict,
   # Evaluation modes to score (names the model declares); empty: all.
   c.eval.modes = ()
   c.eval.step = -1  # checkpoint step to evaluate; -1: latest
+  # Training from scratch first scores the untrained model the same way
+  # (eval/untrained.json); evaluations print it beside their ARI-FG.
+  c.eval.untrained_baseline = True
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num = 64
   c.sample.step = -1
 
   c.mesh = ml_collections.ConfigDict()
+  # On a CPU host, train and evaluate on this many XLA devices (threads), the
+  # batch split over them (`ocjax.train.mesh.use_cpu_devices`); 0: JAX's
+  # default, one. Ignored on GPUs and TPUs.
+  c.mesh.cpu_devices = 0
   # Multi-host: call jax.distributed.initialize(). On SLURM, Open MPI,
   # Kubernetes and Cloud TPU the cluster is detected; elsewhere give the
   # coordinator's "host:port", the number of processes and this process's id.

@@ -9,11 +9,14 @@ pod.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ocjax.train import writers
 
 DATA_AXIS = "data"
 
@@ -35,6 +38,27 @@ def initialize_distributed(config=None) -> None:
     if config.process_id >= 0:
       kwargs["process_id"] = config.process_id
   jax.distributed.initialize(**kwargs)
+
+
+def use_cpu_devices(count: int) -> bool:
+  """Splits this host's CPU into ``count`` XLA devices (JAX's
+  ``jax_num_cpu_devices``), so the batch is sharded over them; each runs on
+  its own thread (on the 2-core development machine, 2 devices train the
+  32x32 models about 1.3x faster than one). Only before JAX's backends start
+  (the first ``jax.devices()``); after that, or with ``count <= 0`` or a
+  device count already in ``XLA_FLAGS``, nothing changes. On GPUs and TPUs
+  only the (unused) CPU backend changes. True if the count was set."""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if count <= 0 or "xla_force_host_platform_device_count" in os.environ.get(
+      "XLA_FLAGS", ""):
+    return False
+  if xla_bridge.backends_are_initialized():
+    if jax.default_backend() == "cpu" and jax.device_count() != count:
+      writers.log("mesh.cpu_devices=%d not applied: JAX already runs on %d "
+                  "CPU device(s) in this process.", count, jax.device_count())
+    return False
+  jax.config.update("jax_num_cpu_devices", int(count))
+  return True
 
 
 def make_mesh(devices=None) -> Mesh:
