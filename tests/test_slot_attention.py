@@ -375,18 +375,52 @@ def test_preset_values():
   md = experiment.get_config("multi_dsprites")
   assert md.model.decoder_initial_size == 64
   assert set(md.model.decoder_strides) == {1}
+  # The demo: the paper's model and objective with Tetrominoes' K = 4 on
+  # the procedural Tetrominoes-like scenes; the departures its docstring
+  # lists (32x32, small architecture, batch 8, its schedule, 2 CPU devices).
+  demo = experiment.get_config("demo")
+  assert (demo.data.name, demo.data.image_size, demo.data.num_objects,
+          demo.model.image_size, demo.model.num_slots) == (
+              "tetrominoes_like", 32, 3, 32, 4)
+  for field in ("num_iterations", "slot_size", "mlp_hidden_size", "epsilon",
+                "layernorm_epsilon"):
+    assert demo.model[field] == paper.model[field], field
+  assert demo.objective.to_dict() == paper.objective.to_dict()
+  assert (demo.optimizer.name, demo.optimizer.eps) == ("adam_keras", 1e-8)
+  assert demo.model.decoder_channels == quick.model.decoder_channels
+  assert (demo.train.batch_size, demo.train.num_steps,
+          demo.optimizer.learning_rate, demo.optimizer.warmup_steps,
+          demo.optimizer.decay_steps, demo.mesh.cpu_devices) == (
+              8, experiment.DEMO_STEPS, experiment.DEMO_LR, 300, 0, 2)
+  assert (demo.optimizer.late_decay_fraction,
+          demo.optimizer.late_decay_factor) == experiment.DEMO_LATE_DECAY == (
+              0.8, 0.2)
+  assert paper.mesh.cpu_devices == quick.mesh.cpu_devices == 0
+  doc = " ".join(experiment._demo.__doc__.split())  # pylint: disable=protected-access
+  assert f"{experiment.DEMO_STEPS:,} steps" in doc
+  lr = f"{experiment.DEMO_LR:.0e}".replace("e-0", "e-")
+  assert f"learning rate {lr}" in doc
 
 
 @pytest.mark.slow
 def test_cli_smoke_trains_and_evaluates(tmp_path):
-  """``python -m ocjax.main ...:quick,tiny,smoke``: 4 steps, an evaluation."""
+  """``python -m ocjax.main ...:demo,tiny,smoke`` (the README's first
+  command, in miniature): 4 steps on two CPU devices, the untrained baseline before them, an evaluation at step 2 and at the end, the
+  learning curve, and the final line with both ARI-FGs."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run(
-      [sys.executable, "-m", "ocjax.main",
-       "--config=experiments/slot_attention.py:quick,tiny,smoke",
-       f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+
+  def main(*flags):
+    r = subprocess.run(
+        [sys.executable, "-m", "ocjax.main",
+         "--config=experiments/slot_attention.py:demo,tiny,smoke",
+         f"--workdir={tmp_path}", "--config.train.eval_every=2", *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+  # On two CPU devices (the demo's mesh.cpu_devices: the batch split).
+  out = main()
+  assert "of batch 4 (1 micro-batch(es)) on 2 device(s)" in out
   assert os.path.isdir(tmp_path / "checkpoints" / "latest" / "4")
   with open(tmp_path / "eval" / "4.json") as f:
     report = json.load(f)
@@ -395,3 +429,20 @@ def test_cli_smoke_trains_and_evaluates(tmp_path):
     assert np.isfinite(report[f"fixed/{seg}/ari_fg"])
   # The model's loss (the MSE in [-1, 1]) is 4x the evaluator's [0, 1] MSE.
   assert report["loss_l2"] == pytest.approx(4 * report["mse"], rel=1e-4)
+  # The untrained model, scored the same way before the first step.
+  with open(tmp_path / "eval" / "untrained.json") as f:
+    untrained = json.load(f)
+  assert untrained["step"] == 0 and untrained["num_images"] == 8
+  assert untrained["mse"] != report["mse"]
+  assert (f"Held-out ARI-FG {report['fixed/decoder/ari_fg']:.3f} "
+          "(fixed/decoder masks, 8 test images, step 4); untrained "
+          f"{untrained['fixed/decoder/ari_fg']:.3f}") in out
+  assert (tmp_path / "curve.png").stat().st_size > 1000
+  # A resumed run (from step 4's checkpoint; on one device now) has no
+  # untrained state to score: the baseline is not computed again.
+  os.remove(tmp_path / "eval" / "untrained.json")
+  out = main("--config.train.num_steps=6", "--config.mesh.cpu_devices=0")
+  assert "Resuming from the checkpoint of step 4" in out
+  assert "on 2 device(s)" not in out
+  assert not os.path.exists(tmp_path / "eval" / "untrained.json")
+  assert "step 6); MSC-FG" in out
