@@ -423,8 +423,10 @@ def config_from_workdir(workdir: str, config=None):
 
 
 def restore(workdir: str, step: int | None = None, *, config=None,
-            mesh=None) -> tuple[Run, step_lib.TrainState]:
-  """The run in ``workdir`` and the state of checkpoint ``step`` (latest).
+            mesh=None, with_meta: bool = False):
+  """The run in ``workdir`` and the state of checkpoint ``step`` (latest):
+  ``(run, state)``, or ``(run, state, meta)`` with ``with_meta`` (the
+  checkpoint's metadata: ``train_seconds``, ``data_position``, ...).
 
   ``config`` optionally overrides the evaluation sections (see
   `config_from_workdir`).
@@ -433,8 +435,9 @@ def restore(workdir: str, step: int | None = None, *, config=None,
   run = build(config)
   checkpointer = run.checkpointer(workdir, read_only=True)
   try:
-    state, _ = run.restore(checkpointer, step=None if step is None or step < 0
-                           else step, mesh=mesh)
+    state, meta = run.restore(checkpointer,
+                              step=None if step is None or step < 0 else step,
+                              mesh=mesh)
   finally:
     checkpointer.close()
-  return run, state
+  return (run, state, meta) if with_meta else (run, state)

@@ -425,6 +425,7 @@ def test_cli_smoke_trains_and_evaluates(tmp_path):
   with open(tmp_path / "eval" / "4.json") as f:
     report = json.load(f)
   assert report["step"] == 4 and report["num_images"] == 8
+  assert report["train_seconds"] > 0  # from the checkpoint: on the curve
   for seg in ("attention", "decoder"):
     assert np.isfinite(report[f"fixed/{seg}/ari_fg"])
   # The model's loss (the MSE in [-1, 1]) is 4x the evaluator's [0, 1] MSE.

@@ -31,7 +31,7 @@ def read(workdir: str, run: run_lib.Run, *,
       continue
     with open(os.path.join(folder, name), encoding="utf-8") as f:
       results = json.load(f)
-    if "train_seconds" not in results:  # e.g. a later --mode=eval
+    if "train_seconds" not in results:  # scored before they were recorded
       continue
     points.append({"step": int(results["step"]),
                    "train_seconds": float(results["train_seconds"]),

@@ -371,7 +371,10 @@ def evaluate(workdir: str, step: int | None = None, *, config=None):
   mesh_lib.use_cpu_devices(int(saved.mesh.get("cpu_devices", 0)))
   if step is None:
     step = int(saved.eval.step)
-  run, state = run_lib.restore(workdir, step, config=config)
-  results = evaluate_state(run, workdir, state, int(state.step))
+  run, state, meta = run_lib.restore(workdir, step, config=config,
+                                     with_meta=True)
+  info = ({"train_seconds": float(meta["train_seconds"])}
+          if meta and "train_seconds" in meta else None)
+  results = evaluate_state(run, workdir, state, int(state.step), info)
   writers.log("%s", summary(run, results, read_untrained(workdir)))
   return results
