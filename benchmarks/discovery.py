@@ -102,14 +102,10 @@ def build_config(model: str, preset: str, dataset: str | None,
 
 
 def discovery(workdir: str, config) -> dict:
-  hooks = [loop.Hook(int(config.train.eval_every),
-                     lambda r, state, step, info: runner.evaluate_state(
-                         r, workdir, state, step, info), at_end=True),
-           # The untrained model, before the first step (eval/untrained.json).
-           loop.Hook(0, lambda r, state, step, info: (
-               runner.evaluate_untrained(r, workdir, state.variables())),
-                     at_start=True)]
-  loop.train(config, workdir, hooks=hooks)
+  # The untrained model before the first step (eval/untrained.json), then
+  # every eval_every steps and at the end.
+  loop.train(config, workdir, hooks=runner.training_hooks(
+      workdir, eval_every=int(config.train.eval_every), at_end=True))
   run = run_lib.validate(config)
   initial = runner.headline_scores(runner.evaluate_untrained(run, workdir),
                                    run)

@@ -76,15 +76,9 @@ def compare_model(name: str, workdir: str, config) -> dict[str, Any]:
     writers.log("%s: finished earlier (%s).", name, done)
     return row
   # The untrained model, scored the same way before the first step (what
-  # training added).
-  hooks = [loop.Hook(0, lambda r, state, step, info: (
-      runner.evaluate_untrained(r, workdir, state.variables())),
-                     at_start=True)]
-  if config.train.eval_every > 0:
-    hooks.append(loop.Hook(
-        int(config.train.eval_every),
-        lambda r, state, step, info: runner.evaluate_state(
-            r, workdir, state, step, info)))
+  # training added), and the learning curve with --eval_every.
+  hooks = runner.training_hooks(workdir,
+                                eval_every=int(config.train.eval_every))
   t0 = time.monotonic()
   loop.train(config, workdir, hooks=hooks)
   wall = time.monotonic() - t0

@@ -69,13 +69,9 @@ def main(argv):
   try:
     if mode == "train":
       every = int(config.train.eval_every)
-      hooks = [loop.Hook(every, lambda run, state, step, info: (
-          runner.evaluate_state(run, workdir, state, step, info)))
-              ] if every > 0 else []
-      if config.eval.get("untrained_baseline", False):
-        hooks.append(loop.Hook(0, lambda run, state, step, info: (
-            runner.evaluate_untrained(run, workdir, state.variables())),
-                               at_start=True))
+      hooks = runner.training_hooks(
+          workdir, eval_every=every,
+          untrained=config.eval.get("untrained_baseline", False))
       # Earlier phases (e.g. AST-Seg's background pretraining), each its own
       # resumable run in <workdir>/<phase>; they fill fields of the config.
       config = curriculum.prepare(config, workdir, loop.train)

@@ -36,11 +36,10 @@ def read(workdir: str, run: run_lib.Run, *,
     points.append({"step": int(results["step"]),
                    "train_seconds": float(results["train_seconds"]),
                    **runner.headline_scores(results, run)})
-  path = os.path.join(folder, runner.UNTRAINED_FILE)
-  if untrained and os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      points.append({"step": 0, "train_seconds": 0.0,
-                     **runner.headline_scores(json.load(f), run)})
+  baseline = runner.read_untrained(workdir) if untrained else None
+  if baseline is not None:
+    points.append({"step": 0, "train_seconds": 0.0,
+                   **runner.headline_scores(baseline, run)})
   return sorted(points, key=lambda p: p["step"])
 
 

@@ -27,6 +27,7 @@ from ocjax import run as run_lib
 from ocjax.eval import best_worst
 from ocjax.metrics import segmentation as seg_metrics
 from ocjax.metrics import tracking
+from ocjax.train import loop
 from ocjax.train import mesh as mesh_lib
 from ocjax.train import writers
 
@@ -357,6 +358,22 @@ def summary(run: run_lib.Run, results: dict[str, Any],
       line += f", {untrained.get('num_images')} images"
     line += ")"
   return line + f"; MSC-FG {top['msc_fg']:.3f}, MSE {top['mse']:.4f}."
+
+
+def training_hooks(workdir: str, *, eval_every: int, untrained: bool = True,
+                   at_end: bool = False) -> list[loop.Hook]:
+  """The evaluation a training run does (`ocjax.train.loop.train`'s hooks):
+  with ``untrained`` the untrained baseline before its first step, and an
+  evaluation every ``eval_every`` steps (0: none; ``at_end``: also at the
+  last step)."""
+  hooks = []
+  if untrained:
+    hooks.append(loop.Hook(0, lambda run, state, step, info: (
+        evaluate_untrained(run, workdir, state.variables())), at_start=True))
+  if eval_every > 0:
+    hooks.append(loop.Hook(int(eval_every), lambda run, state, step, info: (
+        evaluate_state(run, workdir, state, step, info)), at_end=at_end))
+  return hooks
 
 
 def evaluate(workdir: str, step: int | None = None, *, config=None):
