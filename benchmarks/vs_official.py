@@ -36,6 +36,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+# Before any JAX code: ocjax sets XLA's CPU convolutions (ocjax.xla_flags),
+# for our step and for the measured peak alike.
+import ocjax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+
 HOW_TO_GET = """\
 The official implementation is not part of ocjax (it is not ours to copy):
   git clone --recursive https://github.com/applied-ai-lab/genesis DIR

@@ -21,10 +21,7 @@ from ocjax.nn import layers
 # --------------------------------------------------- transposed convolution
 @pytest.mark.parametrize("k,p,op", [(5, 2, 1), (4, 1, 0), (3, 1, 1),
                                     (2, 0, 0)])
-@pytest.mark.parametrize("split", [False, True])
-def test_subpixel_equals_transposed_convolution(k, p, op, split, monkeypatch):
-  if split:  # uneven phases as four convolutions even for few channels
-    monkeypatch.setattr(conv_transpose, "SPLIT_PHASES_MIN_CHANNELS", 0)
+def test_subpixel_equals_transposed_convolution(k, p, op):
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.normal(size=(2, 4, 6, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
@@ -65,11 +62,7 @@ def test_subpixel_rejects_non_doubling_configs():
 @pytest.mark.parametrize("k,p,op", [(5, 2, 1), (4, 1, 0), (3, 1, 1)])
 @pytest.mark.parametrize("size", [4, 10])  # im2col path / XLA convolutions
 @pytest.mark.parametrize("matmul_grad", [False, True])
-@pytest.mark.parametrize("split", [False, True])
-def test_subpixel_gradients_match(k, p, op, size, matmul_grad, split,
-                                  monkeypatch):
-  if split:
-    monkeypatch.setattr(conv_transpose, "SPLIT_PHASES_MIN_CHANNELS", 0)
+def test_subpixel_gradients_match(k, p, op, size, matmul_grad):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, 3, 2)), jnp.float32)

@@ -38,7 +38,7 @@ class BroadcastDecoder(nn.Module):
   kernel_size: int = 5
   num_groups: int = 8
   subpixel: bool = True
-  matmul_grad: bool | None = None  # see ConvTranspose2x
+  matmul_grad: bool = False  # see ConvTranspose2x
   dtype: Any = jnp.float32
 
   @nn.compact

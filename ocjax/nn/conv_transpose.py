@@ -17,9 +17,8 @@ Each phase keeps its own taps only: for a kernel of 4 with padding 1 both phases
 have two taps, at offsets shifted by one, so the four 2-D phases are one 2x2
 convolution with 4x the output channels (16 taps per input pixel, all useful);
 for kernel 5, padding 2, output padding 1 the phases have 3 and 2 taps per
-axis: four convolutions (25 taps) or, with few channels, one 3x3 convolution
-with 4x the output channels (36 taps, 11 of them zero; the zero-dilated form
-multiplies 100). The phases are interleaved (depth to space).
+axis: four convolutions of 3x3, 3x2, 2x3 and 2x2 taps (25 taps; the
+zero-dilated form multiplies 100). The phases are interleaved.
 """
 
 from __future__ import annotations
@@ -29,63 +28,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ocjax.nn import conv
 from ocjax.nn import init
 
 Array = jax.Array
-
-# C_in C_out from which uneven phases run as four convolutions (below: one
-# window-(2r+1) convolution with zero taps; fewer, larger matmuls).
-SPLIT_PHASES_MIN_CHANNELS = 1 << 16
-
-
-def _phase_taps(kernel_size: int, padding: int):
-  """Per-axis tap table: ``tap[a, d + r]`` indexes the kernel, -1 if none."""
-  phases = _phase_offsets(kernel_size, padding)
-  radius = max(abs(d) for ds, _ in phases for d in (ds[0], ds[-1]))
-  taps = np.full((2, 2 * radius + 1), -1, np.int32)
-  for a, (ds, ts) in enumerate(phases):
-    taps[a, np.asarray(ds) + radius] = ts
-  return taps, radius
-
-
-def subpixel_kernel(kernel: Array, padding: int) -> Array:
-  """Rearranges a transposed-conv kernel into the phase convolution's kernel.
-
-  Args:
-    kernel: ``[k, k, C_in, C_out]``, ``kernel[ty, tx, i, o]`` being the weight
-      that carries input channel ``i`` to output channel ``o`` at tap
-      ``(ty, tx)`` of the scatter form above (PyTorch's ``weight[i, o, ty,
-      tx]``).
-    padding: the transposed convolution's padding ``p``.
-
-  Returns:
-    ``[2r+1, 2r+1, C_in, 4 C_out]`` with output channels ordered
-    ``(a_y, a_x, C_out)``.
-  """
-  k = kernel.shape[0]
-  taps, radius = _phase_taps(k, padding)
-  w = 2 * radius + 1
-  # Index tables [w, w, 2, 2] (window y, window x, phase y, phase x).
-  ty = np.broadcast_to(taps.T[:, None, :, None], (w, w, 2, 2))
-  tx = np.broadcast_to(taps.T[None, :, None, :], (w, w, 2, 2))
-  valid = (ty >= 0) & (tx >= 0)
-  gathered = kernel[np.maximum(ty, 0), np.maximum(tx, 0)]  # [w,w,2,2,Ci,Co]
-  gathered = jnp.where(valid[..., None, None], gathered, 0)
-  c_in, c_out = kernel.shape[2:]
-  gathered = jnp.transpose(gathered, (0, 1, 4, 2, 3, 5))  # [w,w,Ci,2,2,Co]
-  return gathered.reshape(w, w, c_in, 4 * c_out)
-
-
-def depth_to_space(y: Array) -> Array:
-  """``[B, H, W, (2, 2, C)] -> [B, 2H, 2W, C]`` (phase (a_y, a_x) major)."""
-  b, h, w, c4 = y.shape
-  c = c4 // 4
-  y = y.reshape(b, h, w, 2, 2, c)
-  y = jnp.transpose(y, (0, 1, 3, 2, 4, 5))  # [B, H, 2, W, 2, C]
-  return y.reshape(b, 2 * h, 2 * w, c)
 
 
 def _phase_offsets(kernel_size: int, padding: int):
@@ -116,10 +63,11 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
   phase 0's plus one (even kernels, e.g. 4 with padding 1), the four phases
   are one convolution of window ``k / 2`` with ``4 C_out`` outputs over one
   extra row and column, each phase a shifted crop. Otherwise (e.g. 5 with
-  padding 2: 3 and 2 taps) four convolutions when ``C_in C_out`` reaches
-  `SPLIT_PHASES_MIN_CHANNELS` (AST-Seg's background generator, 1282 x 640:
-  0.77x the time of the alternative), else one convolution of window
-  ``2 r + 1`` over the zero-padded taps (`subpixel_kernel`). Only the
+  padding 2: 3 and 2 taps) four convolutions, one per phase. (One 3x3
+  convolution with ``4 C_out`` outputs over zero-padded taps, 36 taps for
+  25, was faster under jax 0.10's default YNNPACK convolutions; with XLA's
+  own, which ocjax uses on CPU (`ocjax.xla_flags`), the four convolutions
+  made GENESIS-V2's training step 1.1-1.4x faster.) Only the
   configurations whose output is exactly twice the input (``k - 2 p +
   output_padding == 2``) are supported: the usual "upsample by two"
   deconvolution.
@@ -149,13 +97,6 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
     y = y.reshape(b, h + 1, w + 1, 2, 2, c_out)
     phases = [[y[:, ay:ay + h, ax:ax + w, ay, ax] for ax in (0, 1)]
               for ay in (0, 1)]
-  elif c_in * c_out < SPLIT_PHASES_MIN_CHANNELS:
-    # Few channels: one window-(2r+1) convolution, zero taps included
-    # (fewer, larger matmuls win; GENESIS-V2's decoder is 1.2x slower split).
-    phase_k = subpixel_kernel(kernel, padding)
-    r = (phase_k.shape[0] - 1) // 2
-    return depth_to_space(conv.conv2d(x, phase_k, ((r, r), (r, r)),
-                                      matmul_grad=matmul_grad))
   else:
     offsets = ((d0, t0), (d1, t1))
     phases = []
@@ -193,7 +134,10 @@ class ConvTranspose2x(nn.Module):
   Parameters: ``kernel [k, k, C_in, C_out]`` in the scatter layout of
   `conv_transpose_subpixel` and ``bias [C_out]``. ``subpixel=False``
   computes the plain zero-dilated form (identical numbers, slower on CPU).
-  ``matmul_grad`` computes the kernel gradient as one matmul (None: on CPU).
+  ``matmul_grad`` computes the kernel gradient as one matmul (im2col);
+  with XLA's own CPU convolutions (`ocjax.xla_flags`) the convolution's
+  kernel gradient was as fast or faster for GENESIS-V2's and Slot
+  Attention's decoders, so it is off by default.
   TensorFlow's ``conv2d_transpose(padding='SAME')`` with k = 5, stride 2
   (pads 3 before and 2 after the dilated input) is ``padding=1,
   output_padding=-1`` in this scatter form, with Keras's ``[k, k, out,
@@ -205,7 +149,7 @@ class ConvTranspose2x(nn.Module):
   padding: int = 2
   output_padding: int = 1
   subpixel: bool = True
-  matmul_grad: bool | None = None
+  matmul_grad: bool = False
   kernel_init: Any = None
   bias_init: Any = None
   dtype: Any = jnp.float32
@@ -220,11 +164,8 @@ class ConvTranspose2x(nn.Module):
     bias = self.param("bias", self.bias_init or default, (self.features,))
     x = x.astype(self.dtype)
     if self.subpixel:
-      matmul_grad = self.matmul_grad
-      if matmul_grad is None:
-        matmul_grad = jax.default_backend() == "cpu"
       y = conv_transpose_subpixel(x, kernel, self.padding, self.output_padding,
-                                  matmul_grad=matmul_grad)
+                                  matmul_grad=self.matmul_grad)
     else:
       y = conv_transpose_dilated(x, kernel, self.padding, self.output_padding)
     return y + bias.astype(self.dtype)

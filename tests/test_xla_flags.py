@@ -1,0 +1,79 @@
+"""ocjax.xla_flags: XLA's own CPU convolutions instead of YNNPACK's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ocjax import xla_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Compiles a 3x3 convolution and prints whether XLA gave it to YNNPACK, and
+# XLA_FLAGS as the process saw it.
+_PROBE = """
+import os, sys, warnings
+warnings.simplefilter("default")
+if "--jax_first" in sys.argv:
+  import jax, jax.numpy as jnp
+  jnp.ones(1).block_until_ready()  # starts the CPU backend
+import ocjax
+import jax, jax.numpy as jnp
+x, w = jnp.ones((4, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print("ynn" if "__ynn_fusion" in conv.lower(x, w).compile().as_text()
+      else "eigen")
+print(os.environ.get("XLA_FLAGS", ""))
+"""
+
+
+def _probe(*args, **env):
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ("XLA_FLAGS", "OCJAX_XLA_DEFAULTS")}
+  environ.update(JAX_PLATFORMS="cpu", **env)
+  r = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO,
+                     env=environ, capture_output=True, text=True, timeout=120)
+  return r
+
+
+@pytest.mark.skipif(not xla_flags.CPU_FLAGS or not __import__(
+    "jaxlib").__version__.startswith(xla_flags.CHECKED_JAXLIB),
+                    reason="the flag is only set on checked jaxlib releases")
+def test_import_ocjax_moves_cpu_convolutions_off_ynnpack():
+  r = _probe()
+  assert r.returncode == 0, r.stderr[-2000:]
+  kind, flags = r.stdout.split("\n")[:2]
+  assert kind == "eigen"
+  assert flags == " ".join(xla_flags.CPU_FLAGS)
+  # Kept apart from the user's own flags.
+  r = _probe(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  assert r.stdout.split("\n")[1] == (
+      "--xla_force_host_platform_device_count=2 "
+      + " ".join(xla_flags.CPU_FLAGS))
+
+
+def test_the_users_choice_wins():
+  # The user's value of the flag is left as it is: YNNPACK again.
+  r = _probe(XLA_FLAGS=f"--{xla_flags.YNN_FLAG}=individual_convolution")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split("\n")[:2] == [
+      "ynn", f"--{xla_flags.YNN_FLAG}=individual_convolution"]
+  r = _probe(OCJAX_XLA_DEFAULTS="0")
+  assert r.stdout.split("\n")[:2] == ["ynn", ""]
+
+
+def test_import_after_jax_started_warns():
+  r = _probe("--jax_first")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split("\n")[:2] == ["ynn", ""]
+  assert "import ocjax before running JAX code" in r.stderr
+
+
+def test_this_test_process_runs_with_the_defaults():
+  """The suite measures what users get: conftest imports ocjax first."""
+  if __import__("jaxlib").__version__.startswith(xla_flags.CHECKED_JAXLIB):
+    assert " ".join(xla_flags.CPU_FLAGS) in os.environ.get("XLA_FLAGS", "")
