@@ -12,8 +12,14 @@ XLA's convolution is slow in two places that our models hit:
   gradients through it drift further from float64: AST-Seg's fixture
   gradients in its alt regime, 3.9e-4 against 1.3e-4 of the largest value
   with XLA's convolution there; so only the pathological case changes.)
-* kernel gradients: the weight-gradient convolution reaches about half the
-  FLOP/s of the matmul ``patches(x)^T dy`` (``matmul_grad``).
+* kernel gradients (``matmul_grad``): as the matmul ``patches(x)^T dy``.
+  Under jax 0.10's default YNNPACK convolutions the weight-gradient
+  convolution reached about half the FLOP/s of that matmul. With XLA's own
+  convolutions (`ocjax.xla_flags`) it is as fast or faster on most shapes
+  timed alone (GENESIS-V2's decoder: 105 against 69 GFLOP/s), so
+  GENESIS-V2's and Slot Attention's decoders no longer use it; AST-Seg's
+  U-Net, glimpse and background networks still do (without it AST-Seg's
+  training step took 3.3x as long, for a reason not found yet).
 
 Elsewhere (other backends, larger maps) it is ``lax.conv_general_dilated``.
 """
