@@ -16,8 +16,9 @@ XLA's convolution is slow in two places that our models hit:
   Under jax 0.10's default YNNPACK convolutions the weight-gradient
   convolution reached about half the FLOP/s of that matmul. With XLA's own
   convolutions (`ocjax.xla_flags`) it is as fast or faster on most shapes
-  timed alone (GENESIS-V2's decoder: 105 against 69 GFLOP/s), so
-  GENESIS-V2's and Slot Attention's decoders no longer use it; AST-Seg's
+  timed alone (GENESIS-V2's decoder: 105 against 69 GFLOP/s), so the
+  decoders built on `ConvTranspose2x` (GENESIS-V2, Slot Attention) no
+  longer use it; AST-Seg's
   U-Net, glimpse and background networks still do (without it AST-Seg's
   training step took 3.3x as long, for a reason not found yet).
 

@@ -136,8 +136,8 @@ class ConvTranspose2x(nn.Module):
   computes the plain zero-dilated form (identical numbers, slower on CPU).
   ``matmul_grad`` computes the kernel gradient as one matmul (im2col);
   with XLA's own CPU convolutions (`ocjax.xla_flags`) the convolution's
-  kernel gradient was as fast or faster for GENESIS-V2's and Slot
-  Attention's decoders, so it is off by default.
+  own kernel gradient made GENESIS-V2's training step faster (A/B in one
+  process, README "Speed"), so it is off by default.
   TensorFlow's ``conv2d_transpose(padding='SAME')`` with k = 5, stride 2
   (pads 3 before and 2 after the dilated input) is ``padding=1,
   output_padding=-1`` in this scatter form, with Keras's ``[k, k, out,
