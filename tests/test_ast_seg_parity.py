@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
+from ocjax import xla_flags
 from ocjax.convert import ast_seg as convert
 from ocjax.models import ast_seg
 from ocjax.nn import stn
@@ -176,8 +177,9 @@ def _run(ref, *, dtype=np.float32, logit=None, **changes):
     loss, _, metrics = objective(out, objective.init())
     return loss, (out, state, metrics)
 
-  (loss, (out, state, metrics)), (grads, gint) = jax.jit(jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True))(params, perturbations)
+  (loss, (out, state, metrics)), (grads, gint) = jax.jit(
+      jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True),
+      compiler_options=xla_flags.compiler_options(dtype))(params, perturbations)
   grads = convert.params_to_torch(jax.tree.map(np.asarray, grads), model)
   after = convert.variables_to_torch(
       {"params": params, "batch_stats": state["batch_stats"]}, model)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
+from ocjax import xla_flags
 from ocjax.convert import genesis as convert
 from ocjax.models import genesis
 from ocjax.nn import component_vae
@@ -126,7 +127,8 @@ def _run(ref, *, dtype=np.float32):
     return loss, (out, state, metrics)
 
   (loss, (out, state, metrics)), grads = jax.jit(
-      jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+      jax.value_and_grad(loss_fn, has_aux=True),
+      compiler_options=xla_flags.compiler_options(dtype))(variables["params"])
   grads = convert.params_to_torch(jax.tree.map(np.asarray, grads), model)
   after = convert.variables_to_torch(
       {"params": variables["params"], "batch_stats": state["batch_stats"]},

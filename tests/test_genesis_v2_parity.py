@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ocjax import xla_flags
 from ocjax.convert import genesis_v2 as convert
 from ocjax.models import genesis_v2
 from ocjax.objectives import geco as geco_lib
@@ -69,12 +70,14 @@ def _run(ref, *, gate=None, dtype=np.float32, with_grad=False):
     loss = jnp.mean(out.losses["nll"]) + 1.0 * jnp.mean(out.losses["kl"])
     return loss, (out, inter["intermediates"])
 
+  options = xla_flags.compiler_options(dtype)
   if with_grad:
     (loss, (out, inter)), grads = jax.jit(
-        jax.value_and_grad(loss_fn, has_aux=True))(params)
+        jax.value_and_grad(loss_fn, has_aux=True),
+        compiler_options=options)(params)
     grads = convert.params_to_torch(jax.tree.map(np.asarray, grads), CFG)
   else:
-    loss, (out, inter) = jax.jit(loss_fn)(params)
+    loss, (out, inter) = jax.jit(loss_fn, compiler_options=options)(params)
     grads = None
   return loss, out, inter, grads
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
+from ocjax import xla_flags
 from ocjax.convert import monet as convert
 from ocjax.models import monet
 from ocjax.nn import component_vae
@@ -102,7 +103,8 @@ def _run(ref, *, dtype=np.float32):
     return loss, (out, inter["intermediates"], metrics)
 
   (loss, (out, inter, metrics)), grads = jax.jit(
-      jax.value_and_grad(loss_fn, has_aux=True))(params)
+      jax.value_and_grad(loss_fn, has_aux=True),
+      compiler_options=xla_flags.compiler_options(dtype))(params)
   grads = convert.params_to_torch(jax.tree.map(np.asarray, grads), model)
   return dict(model=model, params=params, x=x, loss=loss, out=out,
               inter=inter, metrics=metrics, grads=grads)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
+from ocjax import xla_flags
 from ocjax.convert import slot_attention as convert
 from ocjax.models import slot_attention
 from ocjax.nn import slot_attention as sa_nn
@@ -121,7 +122,8 @@ def run(ref, dtype=np.float32):
     return jnp.mean(out.losses["l2"]), (out, inter["intermediates"])
 
   (loss, (out, inter)), grads = jax.jit(
-      jax.value_and_grad(loss_fn, has_aux=True))(params)
+      jax.value_and_grad(loss_fn, has_aux=True),
+      compiler_options=xla_flags.compiler_options(dtype))(params)
   grads = convert.params_to_keras(jax.tree.map(np.asarray, grads), model,
                                   names=_names(ref))
   return types.SimpleNamespace(loss=loss, out=out, inter=inter, grads=grads)

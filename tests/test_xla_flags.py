@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ocjax import xla_flags
@@ -77,3 +80,23 @@ def test_this_test_process_runs_with_the_defaults():
   """The suite measures what users get: conftest imports ocjax first."""
   if __import__("jaxlib").__version__.startswith(xla_flags.CHECKED_JAXLIB):
     assert " ".join(xla_flags.CPU_FLAGS) in os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.skipif(not xla_flags.applied,
+                    reason="ocjax's flag is not set in this process")
+def test_float64_compilations_get_ynnpack_convolutions_back():
+  """Eigen has no float64 convolution; XLA's plain loop for one was 4x
+  slower than YNNPACK's (module doc). float32 keeps the flag."""
+  assert xla_flags.compiler_options(np.float32) == {}
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  with jax.enable_x64(True):
+    x = jnp.ones((4, 32, 32, 64), jnp.float64)
+    w = jnp.ones((3, 3, 64, 64), jnp.float64)
+    plain = jax.jit(conv).lower(x, w).compile().as_text()
+    options = xla_flags.compiler_options(np.float64)
+    assert options
+    ynn = jax.jit(conv, compiler_options=options).lower(x, w).compile()
+    assert "__ynn_fusion" not in plain
+    assert "__ynn_fusion" in ynn.as_text()
+    np.testing.assert_allclose(ynn(x, w), jax.jit(conv)(x, w), rtol=1e-12)
