@@ -1,7 +1,8 @@
 r"""GENESIS-V2 against the official PyTorch implementation, side by side.
 
     python benchmarks/vs_official.py --official_dir=DIR [--batch=8,32] \
-        [--rounds=7] [--inference] [--grad_accum=auto] [--threads=0]
+        [--rounds=7] [--inference] [--grad_accum=auto] [--threads=0] \
+        [--device=auto] [--precision=float32]
 
 ``DIR`` is a checkout of the official code (never copied into this
 repository; it is imported from there):
@@ -21,6 +22,18 @@ our compiled step (XLA's count), the fraction of the machine's peak it
 achieves (the faster of a large matmul and a large convolution, measured in
 the same run), and the same for the official step (torch's FlopCounterMode
 count; it counts matmuls and convolutions only, so it is a lower bound).
+
+On a GPU (``--device=cuda``; ``auto``, the default, takes it when torch sees
+one) the official model runs the way its ``train.py`` runs it there (CUDA
+as torch's default device) and our step on JAX's default backend; each
+batch's row is followed by both sides' memory: XLA's buffers of our
+compiled step and torch's peak allocation. ``--precision`` sets both sides'
+arithmetic: ``float32`` (no TF32 anywhere: JAX's matmul precision
+``highest``, torch's TF32 switches off), ``tf32`` (TF32 matmuls and
+convolutions on both sides; on a CPU the same as float32) or ``bfloat16``
+(our ``model.dtype``; ``torch.autocast`` around the official forward pass;
+what stays float32 may use TF32 on both sides). The peak is measured in the
+same precision.
 """
 
 from __future__ import annotations
@@ -89,16 +102,23 @@ def official_model(official_dir: str, *, image_size: int, num_slots: int):
   return official.GenesisV2(cfg)
 
 
-def official_step(model, images, *, inference: bool):
-  """A closure running one official training step (or forward pass)."""
+def official_step(model, images, *, inference: bool,
+                  precision: str = "float32"):
+  """A closure running one official training step (or forward pass) on
+  torch's default device (see `set_precision`)."""
   import torch  # pylint: disable=g-import-not-at-top
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  device = torch.get_default_device()
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+                       ).to(device)
   optimiser = torch.optim.Adam(model.parameters(), 1e-4)
   beta = 1.0  # GECO's beta enters as a constant factor of the step.
+  autocast = lambda: torch.autocast(  # pylint: disable=g-long-lambda
+      device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
   def train():
     optimiser.zero_grad()
-    _, losses, _, _, _ = model(x)
+    with autocast():
+      _, losses, _, _, _ = model(x)
     err = losses.err.mean(0)
     kl_l = torch.stack(losses.kl_l_k, dim=1).mean(dim=0).sum()
     loss = err + beta * kl_l
@@ -107,7 +127,7 @@ def official_step(model, images, *, inference: bool):
     return float(loss.detach())
 
   def forward():
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       _, losses, _, _, _ = model(x)
     return float(losses.err.mean())
 
@@ -115,16 +135,17 @@ def official_step(model, images, *, inference: bool):
 
 
 def our_step(images, *, image_size: int, num_slots: int, inference: bool,
-             grad_accum: int | str):
+             grad_accum: int | str, precision: str = "float32"):
   """A closure running our jitted training step (or forward pass); returns
   it, XLA's FLOP count of the compiled computation and the micro-batches."""
   from experiments import common  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
   config = run_lib.load_experiment("experiments/genesis_v2.py")
   with config.unlocked():
-    common.set_fields(config, {"data.image_size": image_size,
-                               "model.num_slots": num_slots,
-                               "train.batch_size": len(images)})
+    common.set_fields(config, {
+        "data.image_size": image_size, "model.num_slots": num_slots,
+        "train.batch_size": len(images),
+        "model.dtype": "bfloat16" if precision == "bfloat16" else "float32"})
     if grad_accum != "auto":
       config.train.grad_accum_steps = int(grad_accum)
   return step_closure(config, images, inference=inference)
@@ -185,19 +206,23 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def measured_peak() -> float:
-  """FLOP/s of the faster of a large matmul and a large convolution."""
+def measured_peak(precision: str = "float32") -> float:
+  """FLOP/s of the faster of a large matmul and a large convolution, in
+  ``precision`` (bfloat16 operands for ``bfloat16``; the matmul precision
+  `set_precision` chose); on accelerators 4x larger, to fill them."""
   import jax  # pylint: disable=g-import-not-at-top
-  n = 2048
-  a = jax.random.normal(jax.random.key(0), (n, n))
+  dtype = jax.numpy.bfloat16 if precision == "bfloat16" else "float32"
+  scale = 1 if jax.default_backend() == "cpu" else 4
+  n, b, c = 2048 * scale, 8 * scale, 128 * scale
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   mm = jax.jit(lambda a: a @ a)
-  x = jax.random.normal(jax.random.key(1), (8, 64, 64, 128))
-  w = jax.random.normal(jax.random.key(2), (3, 3, 128, 128))
+  x = jax.random.normal(jax.random.key(1), (b, 64, 64, c), dtype)
+  w = jax.random.normal(jax.random.key(2), (3, 3, c, c), dtype)
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
   best = 0.0
   for fn, args, flops in ((mm, (a,), 2 * n**3),
-                          (conv, (x, w), 2 * 8 * 64 * 64 * 128 * 128 * 9)):
+                          (conv, (x, w), 2 * b * 64 * 64 * c * c * 9)):
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(5):
@@ -228,15 +253,62 @@ def import_torch(threads: int = 0):
   return torch
 
 
-def machine(torch, peak: float) -> str:
-  """The header's description of the two sides' CPU setup."""
+def set_precision(precision: str, torch) -> None:
+  """Both sides' arithmetic for ``--precision`` (module doc)."""
   import jax  # pylint: disable=g-import-not-at-top
-  return (f"CPU: jax {jax.__version__} on {jax.device_count()} "
-          f"{jax.default_backend()} device(s), torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads; measured peak "
+  if precision not in PRECISIONS:
+    raise ValueError(f"--precision={precision!r}: expected one of "
+                     f"{', '.join(PRECISIONS)}")
+  jax.config.update("jax_default_matmul_precision", {
+      "float32": "highest", "tf32": "tensorfloat32",
+      "bfloat16": "default"}[precision])
+  torch.backends.cuda.matmul.allow_tf32 = precision != "float32"
+  torch.backends.cudnn.allow_tf32 = precision != "float32"
+
+
+def set_device(device: str, torch) -> str:
+  """torch's default device for ``--device`` (``auto``: CUDA when torch
+  sees a GPU); returns the device used."""
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device not in ("cpu", "cuda"):
+    raise ValueError(f"--device={device!r}: expected auto, cpu or cuda")
+  if device == "cuda" and not torch.cuda.is_available():
+    raise ValueError("--device=cuda: torch sees no CUDA device "
+                     f"(torch {torch.__version__})")
+  torch.set_default_device(device)
+  return device
+
+
+def machine(torch, peak: float, precision: str = "float32") -> str:
+  """The header's description of the two sides' setup."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = torch.get_default_device()
+  theirs = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
+            else f"CPU with {torch.get_num_threads()} threads")
+  return (f"{precision}; ours: jax {jax.__version__} on "
+          f"{jax.device_count()} {jax.devices()[0].device_kind} "
+          f"({jax.default_backend()}) device(s); official: torch "
+          f"{torch.__version__} on {theirs}; measured peak "
           f"{peak / 1e9:.0f} GFLOP/s")
 
 
+def memory(compiled, torch) -> str:
+  """A row's memory line on a GPU: XLA's buffers of our compiled step
+  (arguments, outputs and temporaries, less what outputs reuse) and torch's
+  peak allocation since the last reset; empty on a CPU."""
+  device = torch.get_default_device()
+  if device.type != "cuda":
+    return ""
+  m = compiled.memory_analysis()
+  ours = (m.argument_size_in_bytes + m.output_size_in_bytes
+          + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  theirs = torch.cuda.max_memory_allocated(device)
+  return (f"      memory: ours {ours / 2**20:.0f} MiB (XLA's buffers), "
+          f"official {theirs / 2**20:.0f} MiB (torch's peak allocation)")
+
+
+PRECISIONS = ("float32", "tf32", "bfloat16")
 TABLE_HEAD = (f"{'batch':>5s} {'ours s':>8s} {'official s':>10s} "
               f"{'ratio median [min, max]':>26s} {'GFLOP ours':>10s} "
               f"{'of peak':>8s} {'GFLOP official':>14s} {'of peak':>8s} "
@@ -285,6 +357,11 @@ def arg_parser(description: str, *, official_env: str,
                  help="our micro-batches: 'auto' (the trainer's default) or N")
   p.add_argument("--threads", type=int, default=0,
                  help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                 help="the official side's: auto (CUDA when torch sees a "
+                 "GPU), cpu or cuda; ours runs on JAX's default backend")
+  p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                 help="both sides' arithmetic (module doc)")
   return p
 
 
@@ -299,10 +376,12 @@ def main(argv=None) -> int:
   if torch is None:
     print(HOW_TO_GET, file=sys.stderr)
     return 2
+  set_device(args.device, torch)
+  set_precision(args.precision, torch)
   what = "forward pass" if args.inference else "training step"
-  peak = measured_peak()
+  peak = measured_peak(args.precision)
   print(f"GENESIS-V2 {what}, {args.image_size}x{args.image_size}, "
-        f"K={args.num_slots}, float32; {machine(torch, peak)}")
+        f"K={args.num_slots}; {machine(torch, peak, args.precision)}")
   print(TABLE_HEAD)
   rng = np.random.default_rng(0)
   for b in [int(v) for v in args.batch.split(",")]:
@@ -311,13 +390,19 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     theirs = official_step(official_model(
         args.official_dir, image_size=args.image_size,
-        num_slots=args.num_slots), images, inference=args.inference)
+        num_slots=args.num_slots), images, inference=args.inference,
+                           precision=args.precision)
     ours, flops, accum = our_step(
         images, image_size=args.image_size, num_slots=args.num_slots,
-        inference=args.inference, grad_accum=args.grad_accum)
+        inference=args.inference, grad_accum=args.grad_accum,
+        precision=args.precision)
+    if torch.cuda.is_available():
+      torch.cuda.reset_peak_memory_stats()
     t_ours, t_theirs, their_flops = compare(ours, theirs, args.rounds)
     print(table_row(b, t_ours, t_theirs, flops, their_flops, peak, accum),
           flush=True)
+    if line := memory(ours.compiled, torch):
+      print(line, flush=True)
   return 0
 
 

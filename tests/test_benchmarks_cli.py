@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import vs_official
@@ -150,3 +151,65 @@ def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path,
   with pytest.raises(SystemExit):
     discovery.main(["--model=monet", "--dataset=nope", f"--workdir={w}"])
   assert "--dataset: unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_vs_official_names_a_bad_precision_or_device(capsys):
+  for bad in ("--precision=bf16", "--device=tpu"):
+    with pytest.raises(SystemExit):
+      vs_official.main(["--official_dir=.", bad])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_gpu_script_reads_the_trainers_log_lines():
+  """Part 3's rates come from the trainer's own progress lines."""
+  from benchmarks import gpu_genesis_v2  # pylint: disable=g-import-not-at-top
+  from ocjax.train import writers  # pylint: disable=g-import-not-at-top
+  lines = [f"[{t}] " + writers.progress_line(s, 500, {"loss": 1.0}, r, 9.0)
+           for t, s, r in (("23:59:50", 1, 0.1), ("23:59:58", 21, 2.5),
+                           ("00:00:06", 41, 2.5), ("00:00:10", 61, 5.0))]
+  rates, overall = gpu_genesis_v2.parse_rates("\n".join(
+      ["[23:59:40] Starting genesis_v2 from scratch", *lines, "done"]))
+  assert rates == [2.5, 2.5, 5.0]  # the first line includes compilation
+  assert overall == pytest.approx(60 / 20)  # across midnight
+
+
+def test_gpu_script_curve_table_judges_against_the_other_seed():
+  from benchmarks import gpu_genesis_v2  # pylint: disable=g-import-not-at-top
+  base = np.linspace(2.0, 1.0, 40)
+  rows = gpu_genesis_v2.curve_table({
+      "float32": base, "float32, other seed": base + 0.1,
+      "tf32": base + 0.05, "bfloat16": base + 0.3}, window=4)
+  by_run = {r[:20].strip(): r for r in rows[1:]}
+  assert by_run["tf32"].endswith("within noise")
+  assert by_run["bfloat16"].endswith("BEYOND NOISE")
+  mean, gap = map(float, by_run["bfloat16"][21:].split()[:2])
+  assert gap == pytest.approx(0.3) and mean == pytest.approx(1.55, abs=0.02)
+  assert not by_run["float32, other seed"].endswith("noise")
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_every_part(capsys, tmp_path):
+  """The GPU script end to end on this machine's CPU with a minute model
+  (no official checkout: part 1 says how to get one)."""
+  from benchmarks import gpu_genesis_v2  # pylint: disable=g-import-not-at-top
+  env_before = os.environ.get("GENESIS_OFFICIAL")
+  os.environ.pop("GENESIS_OFFICIAL", None)
+  try:
+    assert gpu_genesis_v2.main([
+        "--smoke", "--budget_s=170", "--precisions=float32,bfloat16",
+        f"--out={tmp_path}"]) == 0
+  finally:
+    if env_before is not None:
+      os.environ["GENESIS_OFFICIAL"] = env_before
+  out = capsys.readouterr().out
+  assert "skipped: no --official_dir" in out and "git clone" in out
+  table = out.split("largest gap to float32")[1].split("input pipeline")[0]
+  rows = table.strip().splitlines()[1:]
+  assert {r[:20].strip() for r in rows} == {
+      "float32", "float32, other seed", "bfloat16"}
+  for r in rows:
+    assert np.all(np.isfinite([float(v) for v in r[21:].split()[:2]])), r
+  assert float(out.split("input pipeline alone (batch 4): ")[1].split()[0]) > 0
+  training = out.split("training: ")[1]
+  assert float(training.split()[0]) > 0 and "images/s" in training
+  assert "the paper's 500,000 steps at this rate" in out
