@@ -10,8 +10,10 @@ Three parts, in order, each within what is left of ``--budget_s``:
    step and forward pass at batch 32 and 64 (64x64, K = 7) in float32, TF32
    and bfloat16, ours against the official code on the same device: medians,
    ratios per round, FLOPs, fraction of the peak measured in the same
-   precision, memory. Without ``--official_dir`` this part is skipped (it
-   says how to get the code).
+   precision, memory. The training rows come first: where the budget runs
+   out (each row compiles our step), the forward passes are skipped.
+   Without ``--official_dir`` this part is skipped (it says how to get the
+   code).
 2. The loss curve: ``--curve_steps`` training steps of ``--config`` (the
    paper's, at ``--batch``) on its procedural data, from the same initial
    parameters and batches, in float32, TF32 and bfloat16, and in float32
@@ -75,8 +77,8 @@ def side_by_side(args, clock: Clock) -> None:
           flush=True)
     return
   reserve = RESERVE_S["curve"] + RESERVE_S["paper"]
-  for precision in args.precisions.split(","):
-    for inference in (False, True):
+  for inference in (False, True):  # The training rows first.
+    for precision in args.precisions.split(","):
       left = clock.left() - reserve
       label = f"{precision} {'forward' if inference else 'training'}"
       if left < 30:
@@ -107,13 +109,6 @@ def _config(args, *, precision: str, seed: int):
   return config
 
 
-def _set_precision(precision: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_default_matmul_precision", {
-      "float32": "highest", "tf32": "tensorfloat32",
-      "bfloat16": "default"}[precision])
-
-
 def train_losses(args, *, precision: str, seed: int) -> np.ndarray:
   """The loss of ``args.curve_steps`` training steps (the trainer's step
   and data, without its checkpoints and figures)."""
@@ -121,7 +116,8 @@ def train_losses(args, *, precision: str, seed: int) -> np.ndarray:
   import data_pipelines  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
   from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  _set_precision(precision)
+  jax.config.update("jax_default_matmul_precision",
+                    vs_official.JAX_MATMUL_PRECISION[precision])
   config = _config(args, precision=precision, seed=seed)
   run = run_lib.build(config)
   state = run.init_state()

@@ -259,9 +259,8 @@ def set_precision(precision: str, torch) -> None:
   if precision not in PRECISIONS:
     raise ValueError(f"--precision={precision!r}: expected one of "
                      f"{', '.join(PRECISIONS)}")
-  jax.config.update("jax_default_matmul_precision", {
-      "float32": "highest", "tf32": "tensorfloat32",
-      "bfloat16": "default"}[precision])
+  jax.config.update("jax_default_matmul_precision",
+                    JAX_MATMUL_PRECISION[precision])
   torch.backends.cuda.matmul.allow_tf32 = precision != "float32"
   torch.backends.cudnn.allow_tf32 = precision != "float32"
 
@@ -313,6 +312,10 @@ def memory(compiled, torch) -> str:
 
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
+# JAX's default matmul precision per ``--precision`` (bfloat16: operands in
+# bfloat16, what stays float32 as XLA's default, TF32 on GPUs).
+JAX_MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32",
+                        "bfloat16": "default"}
 TABLE_HEAD = (f"{'batch':>5s} {'ours s':>8s} {'official s':>10s} "
               f"{'ratio median [min, max]':>26s} {'GFLOP ours':>10s} "
               f"{'of peak':>8s} {'GFLOP official':>14s} {'of peak':>8s} "
