@@ -196,8 +196,8 @@ def test_gpu_script_smoke_runs_every_part(capsys, tmp_path):
   os.environ.pop("GENESIS_OFFICIAL", None)
   try:
     assert gpu_genesis_v2.main([
-        "--smoke", "--budget_s=170", "--precisions=float32,bfloat16",
-        f"--out={tmp_path}"]) == 0
+        "--smoke", "--budget_s=1200", "--train_s=15",
+        "--precisions=float32,bfloat16", f"--out={tmp_path}"]) == 0
   finally:
     if env_before is not None:
       os.environ["GENESIS_OFFICIAL"] = env_before
