@@ -105,7 +105,7 @@ def _config(args, *, precision: str, seed: int):
   with config.unlocked():
     common.set_fields(config, {
         "train.batch_size": args.batch, "seed": seed,
-        "model.dtype": "bfloat16" if precision == "bfloat16" else "float32",
+        "model.dtype": vs_official.model_dtype(precision),
         **args.overrides})
   return config
 

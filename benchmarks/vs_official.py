@@ -145,7 +145,7 @@ def our_step(images, *, image_size: int, num_slots: int, inference: bool,
     common.set_fields(config, {
         "data.image_size": image_size, "model.num_slots": num_slots,
         "train.batch_size": len(images),
-        "model.dtype": "bfloat16" if precision == "bfloat16" else "float32"})
+        "model.dtype": model_dtype(precision)})
     if grad_accum != "auto":
       config.train.grad_accum_steps = int(grad_accum)
   return step_closure(config, images, inference=inference)
@@ -251,6 +251,11 @@ def import_torch(threads: int = 0):
   warnings.filterwarnings("ignore", category=UserWarning,
                           module=r"torch\..*")
   return torch
+
+
+def model_dtype(precision: str) -> str:
+  """Our ``model.dtype`` for ``--precision``."""
+  return "bfloat16" if precision == "bfloat16" else "float32"
 
 
 def set_precision(precision: str, torch) -> None:
