@@ -15,7 +15,8 @@ names the Flax module and the JAX primitive it came from, so the report is
   direction (``fwd``; ``bwd``: ops under ``transpose(...)``, i.e. gradients);
 * the ``--top`` ops with their output shape and source.
 
-Image models; images are uniform noise. For models whose arithmetic follows
+Image and video models (clips of ``data.num_frames``); inputs are uniform
+noise. For models whose arithmetic follows
 the step (``uses_step``) ``--train_step`` sets the counter. Timings drift
 with the machine: compare variants in one run (``benchmarks/vs_official*.py``).
 """
@@ -139,8 +140,10 @@ def main(argv=None) -> int:
             f"{accum} micro-batches (train.grad_accum_steps); set "
             "--grad_accum")
   size = int(config.data.image_size)
+  # Video models (``data.num_frames``) take clips [B, T, H, W, 3].
+  frames = (int(config.data.num_frames),) if "num_frames" in config.data else ()
   images = np.random.default_rng(0).random(
-      (args.batch, size, size, 3), np.float32)
+      (args.batch,) + frames + (size, size, 3), np.float32)
   step, _, _ = vs.step_closure(config, images, inference=args.inference,
                                step=args.train_step)
   sources = op_sources(step.compiled.as_text())

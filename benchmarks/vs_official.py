@@ -162,7 +162,7 @@ def step_closure(config, images, *, inference: bool, step: int | None = None):
   from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.build(config)
   state = run.init_state()
-  batch = {"image": jax.numpy.asarray(images)}
+  batch = {run.model.input_key: jax.numpy.asarray(images)}
   if inference:
     fn = run.apply_fn("eval")
     compiled = fn.lower(state.variables(), batch).compile()

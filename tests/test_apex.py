@@ -19,6 +19,7 @@ import pytest
 from conftest import jitted
 from ocjax import run as run_lib
 from ocjax.models import apex
+from ocjax.nn import dla
 from ocjax.nn import mask_normalisation as mn
 from ocjax.nn import stn
 
@@ -173,6 +174,27 @@ def test_assign_slots():
                                       jnp.ones((1, 4)), 0.5))
   assert not np.any(apex.assign_slots(jnp.ones((1, 3), bool),
                                       jnp.full((1, 4), 0.6), 0.7))
+
+
+def test_discovery_prior_is_annealed_as_scalor():
+  """rho of Eq. (6): linear from the start value to the end value over the
+  anneal steps, then the end value; the end value at evaluation."""
+  rho = lambda step, n=500: float(apex.discovery_prior_schedule(
+      step, 0.01, 0.1, n))
+  np.testing.assert_allclose(rho(0), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(rho(250), 0.055, rtol=1e-6)
+  np.testing.assert_allclose([rho(500), rho(10_000), rho(None)], 0.01,
+                             rtol=1e-6)
+  np.testing.assert_allclose(rho(0, n=0), 0.01, rtol=1e-6)  # fixed
+
+
+def test_the_convlstm_loop_unrolled_equals_the_rolled_loop():
+  video = jax.random.uniform(jax.random.key(0), (1, 3, 16, 16, 3))
+  rolled = dla.SceneEncoder((4, 8), 8, unroll=1)
+  unrolled = rolled.clone(unroll=0)
+  variables = rolled.init(jax.random.key(1), video)
+  np.testing.assert_allclose(unrolled.apply(variables, video),
+                             rolled.apply(variables, video), atol=1e-6)
 
 
 def test_relaxation_and_kl():

@@ -90,6 +90,17 @@ def gumbel_temperature(step: Array | int | None, end: float = 0.5,
   return jnp.maximum(end ** (step / float(decay_steps)), end)
 
 
+def discovery_prior_schedule(step: Array | int | None, end: float,
+                             start: float, anneal_steps: int) -> Array:
+  """rho of the discovery prior (Eq. 6), annealed as SCALOR does: linear
+  from ``start`` at step 0 to ``end`` at ``anneal_steps``, then ``end``
+  (``end`` at evaluation, ``step=None``, and when ``anneal_steps`` is 0)."""
+  if step is None or anneal_steps <= 0:
+    return jnp.asarray(end, jnp.float32)
+  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / float(anneal_steps), 1.0)
+  return start + (end - start) * frac
+
+
 def relaxed_bernoulli(key: Array, prob: Array, temperature: Array) -> Array:
   """A Gumbel-Softmax (binary Concrete) sample in (0, 1) of Bernoulli(prob):
   ``sigmoid((logit(p) + log u - log(1 - u)) / tau)``."""
@@ -320,7 +331,7 @@ class FrameStep(nn.Module):
   # ------------------------------------------------------------ the step
   def __call__(self, carry, inputs):
     m = self.cfg
-    x, e, tau = inputs  # [B, H, W, C], [B, h, w, F], scalar
+    x, e, tau, rho = inputs  # [B, H, W, C], [B, h, w, F], scalars
     b = x.shape[0]
     n, lw, s = m.num_slots, m.what_size, m.hidden_size
     gs = m.grid_size
@@ -438,7 +449,7 @@ class FrameStep(nn.Module):
     kl_what_d = gaussian_kl(*q_what_d, zero, zero, incl)
     kl_where_d = gaussian_kl(*q_where_d, jnp.zeros_like(raw),
                              jnp.zeros_like(raw), incl)
-    p_pres_d = m.discovery_prior * p_context  # Eq. (6), choice
+    p_pres_d = rho * p_context  # Eq. (6), choice
     kl_pres_d = bernoulli_kl(q_pres_d, p_pres_d)
     kl_d = pres_d * (kl_what_d + kl_where_d) + kl_pres_d
     kl_bg = gaussian_kl(*q_bg, *p_bg, False)
@@ -510,6 +521,9 @@ class Apex(base.ObjectCentricModel):
     sigma_fg, sigma_bg: Eq. (1)'s fixed standard deviations (0.1, 0.04).
     presence_threshold: the filtering threshold on z_pres.
     discovery_prior: rho, the discovery z_pres prior (times p_context).
+    discovery_prior_start, discovery_prior_anneal_steps: rho is annealed
+      linearly from the start value to ``discovery_prior`` over these steps
+      (SCALOR: 0.1 over 500 steps; 0 steps: fixed).
     entropy_weight: weight of L_H (Eq. 22: 1).
     tau_end, tau_decay_steps: the Gumbel-Softmax temperature schedule.
     mask_normalisation: ``"apex"`` (Eqs. 8-12) or ``"scalor"`` (ablation).
@@ -517,7 +531,8 @@ class Apex(base.ObjectCentricModel):
     feature_space_stn: the object STNs read the feature map (False: the
       frame, the "image space STN" ablation).
     inclusive_kl: ``KL(p || q)`` for z_what and z_where (Sec. III-D).
-    scan_unroll: frames unrolled per iteration of the time loop; 0: all
+    scan_unroll: frames unrolled per iteration of the time loops (the
+      ConvLSTM's and the frames'); 0: all
       (XLA's CPU backend runs rolled loops slower; long clips compile faster
       with a small value).
     dtype: compute dtype.
@@ -543,6 +558,8 @@ class Apex(base.ObjectCentricModel):
   sigma_bg: float = 0.04
   presence_threshold: float = 0.7
   discovery_prior: float = 0.01
+  discovery_prior_start: float = 0.1
+  discovery_prior_anneal_steps: int = 500
   entropy_weight: float = 1.0
   tau_end: float = 0.5
   tau_decay_steps: int = 20_000
@@ -608,8 +625,12 @@ class Apex(base.ObjectCentricModel):
                        f"{self.image_size} frames (config model.image_size) "
                        f"but got {h}x{w}.")
     e = dla.SceneEncoder(tuple(self.encoder_channels), self.features,
-                         self.dtype, name="encoder")(video)  # [B,T,h,w,F]
+                         self.dtype, self.scan_unroll,
+                         name="encoder")(video)  # [B,T,h,w,F]
     tau = gumbel_temperature(step, self.tau_end, self.tau_decay_steps)
+    rho = discovery_prior_schedule(step, self.discovery_prior,
+                                   self.discovery_prior_start,
+                                   self.discovery_prior_anneal_steps)
     n, s = self.num_slots, self.hidden_size
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
     carry = dict(where=zeros(b, n, 4), what=zeros(b, n, self.what_size),
@@ -623,7 +644,7 @@ class Apex(base.ObjectCentricModel):
                    in_axes=0, out_axes=0, unroll=self.scan_unroll or t)
     step_fn = scan(cfg=self.settings(), train=train, name="frame")
     xs = (jnp.moveaxis(video, 1, 0), jnp.moveaxis(e, 1, 0),
-          jnp.broadcast_to(tau, (t,)))
+          jnp.broadcast_to(tau, (t,)), jnp.broadcast_to(rho, (t,)))
     _, outs = step_fn(carry, xs)
     tm = lambda v: jnp.moveaxis(v, 0, 1)  # [T, B, ...] -> [B, T, ...]
     masks = tm(outs["masks"])  # [B, T, N + 1, H, W, 1]

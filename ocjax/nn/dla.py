@@ -120,10 +120,16 @@ class ConvLSTMCell(nn.Module):
 
 class SceneEncoder(nn.Module):
   """Frames ``[B, T, H, W, 3]`` -> feature maps ``e [B, T, H/4, W/4, F]``:
-  the DLA on every frame, then the ConvLSTM over time (from a zero state)."""
+  the DLA on every frame, then the ConvLSTM over time (from a zero state).
+
+  ``unroll``: frames unrolled per iteration of the ConvLSTM's loop; 0: all
+  (XLA's CPU backend runs a convolution's weight gradient inside a rolled
+  loop several times slower).
+  """
   channels: Sequence[int] = (32, 64, 128, 128)
   features: int = 64
   dtype: Any = jnp.float32
+  unroll: int = 0
 
   @nn.compact
   def __call__(self, video: Array) -> Array:
@@ -132,7 +138,8 @@ class SceneEncoder(nn.Module):
                        name="dla")(video.reshape((b * t,) + video.shape[2:]))
     feats = feats.reshape((b, t) + feats.shape[1:])
     scan = nn.scan(ConvLSTMCell, variable_broadcast="params",
-                   split_rngs={"params": False}, in_axes=1, out_axes=1)
+                   split_rngs={"params": False}, in_axes=1, out_axes=1,
+                   unroll=self.unroll or t)
     zeros = jnp.zeros((b,) + feats.shape[2:4] + (self.features,),
                       jnp.float32)
     _, e = scan(self.features, self.dtype, name="conv_lstm")(
