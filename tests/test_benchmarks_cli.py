@@ -57,6 +57,23 @@ def test_profile_ops_reports_modules_and_ops(capsys, tmp_path):
   assert len(out.split("top 3 ops:")[1].strip().splitlines()) == 3
 
 
+@pytest.mark.slow  # two compilations of the unrolled video model: ~150 s
+def test_xla_options_ab_times_both_settings_of_a_video_model(capsys):
+  """The A/B of two XLA settings compiles both (the reduce fusions bite:
+  fewer YNNPACK ops without them) and times them alternately; a video
+  model gets clips."""
+  from benchmarks import xla_options_ab  # pylint: disable=g-import-not-at-top
+  assert xla_options_ab.main([
+      "--config=experiments/apex.py:quick,tiny", "--batch=1",
+      "--rounds=1"]) == 0
+  out = capsys.readouterr().out
+  counts = [int(line.split(": ")[-1].split()[0])
+            for line in out.splitlines() if "__ynn_fusion ops" in line]
+  assert len(counts) == 2 and counts[0] > counts[1]
+  assert "training step, batch 1, 1 alternating rounds" in out
+  assert "B / A per round: median" in out
+
+
 def test_profile_ops_names_a_bad_override():
   from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit):
