@@ -268,7 +268,7 @@ def source(config: Any, split: str):
       config, split, name=NAME,
       generate=lambda s, i: generate_episode(spec, s, i),
       episode_shape=(spec.episode_length, spec.image_size, spec.image_size),
-      generation_fields=GENERATION_FIELDS)
+      generation_fields=GENERATION_FIELDS, cache_key=spec)
 
 
 def get_dataset(config: Any, split: str, *, batch_size: int, seed: int,

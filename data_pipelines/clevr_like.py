@@ -354,7 +354,7 @@ def source(config: Any, split: str, seed: int | None = None):
       config, split, name=NAME,
       generate=lambda s, i: generate_episode(spec, s, i),
       episode_shape=(1, spec.image_size, spec.image_size),
-      generation_fields=GENERATION_FIELDS)
+      generation_fields=GENERATION_FIELDS, cache_key=spec)
 
 
 def num_examples(config: Any, split: str) -> int:

@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -277,11 +277,14 @@ def episode_features(num_frames: int, height: int, width: int,
 def episodes_source(config: Any, split: str, *, name: str,
                     generate: Callable[[str, int], Mapping[str, Any]],
                     episode_shape: tuple[int, int, int],
-                    generation_fields: Sequence[str]):
+                    generation_fields: Sequence[str],
+                    cache_key: Hashable | None = None):
   """Where a procedural dataset's episodes come from.
 
-  ``config.data_dir`` empty: ``generate(split, index)`` on the fly; else the
-  shards written there by ``data_pipelines.generate``.
+  ``config.data_dir`` empty: ``generate(split, index)`` on the fly (with
+  ``cache_episodes``, kept in memory: one cache per split and ``cache_key``,
+  everything ``generate`` depends on, e.g. the generator's frozen spec);
+  else the shards written there by ``data_pipelines.generate``.
 
   Returns:
     (n, (T, H, W) of the stored episodes, episode(index) -> (video uint8
@@ -307,8 +310,24 @@ def episodes_source(config: Any, split: str, *, name: str,
 
   n = stream.num_split_examples(config, split)
   if config.get("cache_episodes", False):  # simulated once, kept in memory
-    episode = functools.lru_cache(maxsize=n)(episode)
+    # One cache per split and ``cache_key`` (the generator's spec), shared
+    # by every dataset built on them in this process: a run's evaluations
+    # and figure batches reuse the episodes instead of simulating them again.
+    key = (name, split, n, cache_key)
+    if cache_key is None or key not in _EPISODE_CACHES:
+      cached = functools.lru_cache(maxsize=n)(episode)
+      if cache_key is None:
+        return n, tuple(episode_shape), cached
+      if len(_EPISODE_CACHES) >= _MAX_EPISODE_CACHES:
+        _EPISODE_CACHES.pop(next(iter(_EPISODE_CACHES)))
+      _EPISODE_CACHES[key] = cached
+    episode = _EPISODE_CACHES[key]
   return n, tuple(episode_shape), episode
+
+
+# The caches of `episodes_source` (``cache_episodes``), oldest first.
+_EPISODE_CACHES: dict[tuple, Callable] = {}
+_MAX_EPISODE_CACHES = 8
 
 
 def episodes_dataset(config: Any, split: str, source, *, batch_size: int,

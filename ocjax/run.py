@@ -31,6 +31,7 @@ import numpy as np
 
 from ocjax import models
 from ocjax import objectives
+from ocjax import xla_flags
 from ocjax.models import base
 from ocjax.train import checkpoint as ckpt_lib
 from ocjax.train import mesh as mesh_lib
@@ -145,6 +146,16 @@ class Run:
     return state, meta
 
   # ----------------------------------------------------------------- apply
+  def jit(self, fn=None, **kwargs):
+    """``jax.jit`` with the model's compiler options
+    (`ocjax.xla_flags.model_options`): use it for every function that calls
+    the model. Also a decorator: ``@run.jit`` or ``@run.jit(static_argnames=
+    ...)``."""
+    if fn is None:
+      return functools.partial(self.jit, **kwargs)
+    return jax.jit(fn, compiler_options=xla_flags.model_options(self.model),
+                   **kwargs)
+
   @functools.lru_cache(maxsize=32)
   def apply_fn(self, purpose: str = "eval", mode: str | None = None):
     """Jitted ``(variables, batch) -> ModelOutput`` in evaluation mode
@@ -158,7 +169,7 @@ class Run:
     key = step_lib.purpose_key(self.seed, purpose)
     model, rngs = self.model, self.rngs(key)
 
-    @jax.jit
+    @self.jit
     def apply(variables, batch):
       return model.apply(variables, batch, rngs=rngs, train=False, **kwargs)
 
@@ -175,7 +186,7 @@ class Run:
                                 "sample")
     model = self.model
 
-    @jax.jit
+    @self.jit
     def sample(variables, index=None):
       key = root if index is None else jax.random.fold_in(root, index)
       return model.apply(variables, num, method=type(model).sample,

@@ -154,7 +154,7 @@ def make_predict(run: run_lib.Run, mode: str):
   """Jitted ``(variables, images [B, S, S, 3]) -> per-image outputs``."""
   apply = run.apply_fn("eval", mode)
 
-  @jax.jit
+  @run.jit
   def predict(variables, images):
     out = apply(variables, {"image": images})
     res = {"masks": out.masks, "latents": out.latents,
@@ -272,7 +272,7 @@ def video_frames(path: str) -> tuple[list[np.ndarray], list[str]]:
 def _clip_predict(run: run_lib.Run, mode: str):
   apply = run.apply_fn("eval", mode)
 
-  @jax.jit
+  @run.jit
   def predict(variables, video):
     out = apply(variables, {"video": video})
     res = {"masks": out.masks, "latents": out.latents, "recon": out.recon}

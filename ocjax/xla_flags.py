@@ -28,6 +28,13 @@ forward pass and both gradients of a 5x5, 64-channel convolution of a
 parity test's float64 pass took 198 against 23 s). A float64 computation
 (the parity tests) gets YNNPACK's convolutions back for its own
 compilation with ``jax.jit(fn, compiler_options=compiler_options(dtype))``.
+
+A model may declare XLA:CPU options of its own for its compilations
+(``ObjectCentricModel.xla_cpu_options``; APEX drops YNNPACK's reduce
+fusions, which slowed its training step by about 18%): `model_options`
+gives them to every ``jax.jit`` that compiles the model (training step,
+evaluation, sampling, ``segment``), on CPU and only where ocjax's defaults
+apply (the same conditions as above: your ``XLA_FLAGS`` still win).
 """
 
 from __future__ import annotations
@@ -87,3 +94,19 @@ def compiler_options(dtype) -> dict[str, str]:
       or jax.default_backend() != "cpu"):
     return {}
   return {YNN_FLAG: YNN_DEFAULT}
+
+
+def model_options(model) -> dict[str, str]:
+  """``jax.jit``'s ``compiler_options`` for a computation of ``model``.
+
+  The model's ``xla_cpu_options`` where `apply_defaults` applied ocjax's
+  flags (a checked jaxlib, no setting of the user's) and the backend is
+  CPU; otherwise empty: nothing changes.
+  """
+  options = dict(getattr(model, "xla_cpu_options", None) or {})
+  if not options or not applied:
+    return {}
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu":
+    return {}
+  return options

@@ -49,3 +49,32 @@ def test_load_info_errors(tmp_path):
       {"name": "p2d", "format_version": vc.FORMAT_VERSION}))
   with pytest.raises(ValueError, match="holds dataset 'p2d'"):
     vc.load_info(str(tmp_path), "bouncing_balls")
+
+
+def test_cached_episodes_are_generated_once_per_process():
+  """``cache_episodes``: every dataset built on the same spec (a run's
+  evaluations, its figure batches) reuses the episodes; another spec or
+  split generates its own."""
+  calls = []
+
+  def generate(split, index):
+    calls.append((split, index))
+    return {"video": np.full((2, 4, 4, 3), index, np.uint8),
+            "segmentation": np.zeros((2, 4, 4), np.int32)}
+
+  config = {"data_dir": "", "num_test": 3, "num_train": 2,
+            "cache_episodes": True}
+
+  def source(split, spec):
+    return vc.episodes_source(config, split, name="fake_cached",
+                              generate=generate, episode_shape=(2, 4, 4),
+                              generation_fields=(), cache_key=spec)
+
+  for _ in range(2):
+    n, _, episode = source("test", ("spec", 1))
+    assert n == 3
+    assert [int(episode(i)[0][0, 0, 0, 0]) for i in range(n)] == [0, 1, 2]
+  assert calls == [("test", 0), ("test", 1), ("test", 2)]
+  source("test", ("spec", 2))[2](0)
+  source("train", ("spec", 1))[2](0)
+  assert calls[3:] == [("test", 0), ("train", 0)]

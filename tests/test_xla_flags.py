@@ -100,3 +100,48 @@ def test_float64_compilations_get_ynnpack_convolutions_back():
     assert "__ynn_fusion" not in plain
     assert "__ynn_fusion" in ynn.as_text()
     np.testing.assert_allclose(ynn(x, w), jax.jit(conv)(x, w), rtol=1e-12)
+
+
+def test_model_options_only_where_ocjax_set_its_flags(monkeypatch):
+  model = type("Model", (), {"xla_cpu_options": {xla_flags.YNN_FLAG: "x"}})
+  monkeypatch.setattr(xla_flags, "applied", xla_flags.CPU_FLAGS)
+  assert xla_flags.model_options(model) == {xla_flags.YNN_FLAG: "x"}
+  assert xla_flags.model_options(object()) == {}  # declares none
+  # The user's XLA_FLAGS named the flag (or another jaxlib): theirs wins.
+  monkeypatch.setattr(xla_flags, "applied", ())
+  assert xla_flags.model_options(model) == {}
+
+
+@pytest.mark.skipif(not xla_flags.applied,
+                    reason="ocjax's flag is not set in this process")
+def test_a_models_options_reach_its_training_and_evaluation(monkeypatch):
+  """A model's ``xla_cpu_options`` (here APEX's, without YNNPACK's reduce
+  fusions, on the quickly compiled tiny Slot Attention) reach its training
+  step and evaluation: fewer YNNPACK ops than without them, the same
+  numbers."""
+  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from ocjax.models import apex  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  config = run_lib.load_experiment("experiments/slot_attention.py:tiny,smoke")
+
+  def compiled():
+    run = run_lib.build(config)
+    state = run.init_state()
+    batch = {k: jnp.asarray(v) for k, v in run.model.dummy_batch(2).items()}
+    step = step_lib.make_train_step(run.model, run.objective, run.tx, seed=0)
+    evaluate = run.apply_fn("eval")
+    return (step.lower(state, batch).compile(),
+            evaluate.lower(state.variables(), batch).compile(),
+            evaluate(state.variables(), batch).recon)
+
+  assert apex.Apex.xla_cpu_options
+  model_class = type(run_lib.build(config).model)
+  plain_step, plain_evaluate, plain_recon = compiled()
+  monkeypatch.setattr(model_class, "xla_cpu_options",
+                      apex.Apex.xla_cpu_options)
+  step, evaluate, recon = compiled()
+  count = lambda c: c.as_text().count("__ynn_fusion")
+  assert count(step) < count(plain_step)
+  assert count(evaluate) < count(plain_evaluate)
+  np.testing.assert_allclose(recon, plain_recon, rtol=1e-5, atol=1e-6)

@@ -57,7 +57,7 @@ def model_perception(run, state, *, frames: int = 3,
   size = int(model.dummy_batch(1)[key].shape[-2])
   variables = state.variables()
 
-  @jax.jit
+  @run.jit
   def parse(image):  # [H, W, 3] in [0, 1]
     x = (jnp.broadcast_to(image, (1, frames) + image.shape) if video
          else image[None])

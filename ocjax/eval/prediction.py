@@ -51,7 +51,7 @@ def predict(workdir: str, *, observed: int, predicted: int,
     if "episode_length" in data and data.episode_length < length:
       data.episode_length = length
   rngs = run.rngs(step_lib.purpose_key(run.seed, "eval"))
-  apply = jax.jit(lambda v, x: model.apply(
+  apply = run.jit(lambda v, x: model.apply(
       v, x, rngs=rngs, train=False, observed_frames=observed))
   variables = state.variables()
   ds = data_pipelines.get_dataset(data, "test", batch_size=batch_size,

@@ -55,7 +55,7 @@ def make_eval_fn(run: run_lib.Run, mode: str):
   apply = run.apply_fn("eval", mode)
   input_key = run.model.input_key
 
-  @functools.partial(jax.jit, static_argnames=("num_true_labels",))
+  @run.jit(static_argnames=("num_true_labels",))
   def evaluate_batch(variables, batch, segmentation, *, num_true_labels):
     """Per-image scores and each segmentation's argmax over slots:
     ``[B, T, H, W]`` for videos (the slot index is the track id), and

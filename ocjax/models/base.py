@@ -30,6 +30,9 @@ module says: the model *declares*, as class attributes,
 * ``predicts_frames`` (video models): ``__call__`` accepts
   ``observed_frames=n``; frames after the first n are predicted, not seen
   (``ocjax.eval.prediction``).
+* ``xla_cpu_options``: XLA:CPU compiler options for every compilation of
+  the model (``{flag: value}``, e.g. APEX's YNNPACK fusions); applied on CPU
+  where ocjax's XLA defaults apply (`ocjax.xla_flags.model_options`).
 
 and optionally implements ``sample(num, *, noise=None) -> SampleOutput``
 (scenes from its prior). ``dummy_batch`` gives inputs of the right shape
@@ -113,6 +116,7 @@ class ObjectCentricModel(nn.Module):
   input_key: ClassVar[str] = "image"
   uses_step: ClassVar[bool] = False
   predicts_frames: ClassVar[bool] = False
+  xla_cpu_options: ClassVar[Mapping[str, str]] = {}
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""

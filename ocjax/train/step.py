@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ocjax import xla_flags
+
 Array = jax.Array
 # Independent key trees per use of the seed.
 PURPOSES = ("train", "init", "figures", "eval", "sample")
@@ -185,7 +187,8 @@ def make_train_step(model, objective, tx, *, seed: int,
 
   @functools.partial(jax.jit, donate_argnames=("state",),
                      out_shardings=(state_sharding, None)
-                     if state_sharding is not None else None)
+                     if state_sharding is not None else None,
+                     compiler_options=xla_flags.model_options(model))
   def train_step(state: TrainState, batch: dict[str, Array]):
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
