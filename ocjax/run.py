@@ -148,18 +148,19 @@ class Run:
   # ----------------------------------------------------------------- apply
   def jit(self, fn=None, **kwargs):
     """``jax.jit`` with the model's compiler options
-    (`ocjax.xla_flags.model_options`): use it for every function that calls
-    the model. Also a decorator: ``@run.jit`` or ``@run.jit(static_argnames=
-    ...)``."""
+    (`ocjax.xla_flags.model_options`): use it for every top-level function
+    that calls the model (XLA takes compiler options only at the top: inside
+    it call `model_fn`, not the jitted `apply_fn`). Also a decorator:
+    ``@run.jit`` or ``@run.jit(static_argnames=...)``."""
     if fn is None:
       return functools.partial(self.jit, **kwargs)
     return jax.jit(fn, compiler_options=xla_flags.model_options(self.model),
                    **kwargs)
 
-  @functools.lru_cache(maxsize=32)
-  def apply_fn(self, purpose: str = "eval", mode: str | None = None):
-    """Jitted ``(variables, batch) -> ModelOutput`` in evaluation mode
-    ``mode`` (default: the model's first), with the keys of ``purpose``."""
+  def model_fn(self, purpose: str = "eval", mode: str | None = None):
+    """``(variables, batch) -> ModelOutput`` in evaluation mode ``mode``
+    (default: the model's first), with the keys of ``purpose``; not jitted
+    (for functions compiled with `jit`)."""
     modes = dict(self.model.eval_modes)
     mode = mode or next(iter(modes))
     if mode not in modes:
@@ -169,11 +170,15 @@ class Run:
     key = step_lib.purpose_key(self.seed, purpose)
     model, rngs = self.model, self.rngs(key)
 
-    @self.jit
     def apply(variables, batch):
       return model.apply(variables, batch, rngs=rngs, train=False, **kwargs)
 
     return apply
+
+  @functools.lru_cache(maxsize=32)
+  def apply_fn(self, purpose: str = "eval", mode: str | None = None):
+    """`model_fn` jitted (with the model's compiler options)."""
+    return self.jit(self.model_fn(purpose, mode))
 
   @functools.lru_cache(maxsize=8)
   def sample_fn(self, num: int, seed: int | None = None):

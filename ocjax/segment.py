@@ -152,7 +152,7 @@ class _ProgressBar:
 # ------------------------------------------------------------------- model
 def make_predict(run: run_lib.Run, mode: str):
   """Jitted ``(variables, images [B, S, S, 3]) -> per-image outputs``."""
-  apply = run.apply_fn("eval", mode)
+  apply = run.model_fn("eval", mode)
 
   @run.jit
   def predict(variables, images):
@@ -270,7 +270,7 @@ def video_frames(path: str) -> tuple[list[np.ndarray], list[str]]:
 
 
 def _clip_predict(run: run_lib.Run, mode: str):
-  apply = run.apply_fn("eval", mode)
+  apply = run.model_fn("eval", mode)
 
   @run.jit
   def predict(variables, video):

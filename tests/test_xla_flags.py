@@ -141,6 +141,20 @@ def test_a_models_options_reach_its_training_and_evaluation(monkeypatch):
   monkeypatch.setattr(model_class, "xla_cpu_options",
                       apex.Apex.xla_cpu_options)
   step, evaluate, recon = compiled()
+  # Functions that call the model inside their own jit (XLA takes compiler
+  # options only at the top level) compile with them too.
+  from ocjax import segment  # pylint: disable=g-import-not-at-top
+  from ocjax.eval import runner  # pylint: disable=g-import-not-at-top
+  run = run_lib.build(config)
+  variables = run.init_state().variables()
+  image = jnp.asarray(run.model.dummy_batch(2)["image"])
+  mode = next(iter(run.model.eval_modes))
+  scores, _ = runner.make_eval_fn(run, mode)(
+      variables, {"image": image}, jnp.zeros(image.shape[:3], jnp.int32),
+      num_true_labels=2)
+  assert np.all(np.isfinite(scores["mse"]))
+  assert segment.make_predict(run, mode)(variables, image)["masks"].shape[0] \
+      == 2
   count = lambda c: c.as_text().count("__ynn_fusion")
   assert count(step) < count(plain_step)
   assert count(evaluate) < count(plain_evaluate)

@@ -51,7 +51,7 @@ def model_perception(run, state, *, frames: int = 3,
   import jax.numpy as jnp
   model = run.model
   mode = eval_mode or list(model.eval_modes)[0]
-  apply = run.apply_fn("eval", mode)
+  apply = run.model_fn("eval", mode)
   key = model.input_key
   video = key == "video"
   size = int(model.dummy_batch(1)[key].shape[-2])

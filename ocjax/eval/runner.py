@@ -52,7 +52,7 @@ def make_eval_fn(run: run_lib.Run, mode: str):
   segmentation the model exposes, ``num_slots_used`` where the model reports
   it, the loss terms and the reconstruction MSE.
   """
-  apply = run.apply_fn("eval", mode)
+  apply = run.model_fn("eval", mode)
   input_key = run.model.input_key
 
   @run.jit(static_argnames=("num_true_labels",))
