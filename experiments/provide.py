@@ -119,8 +119,9 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.refine_strides = (2, 2, 2)
     c.model.refine_pool = 0
     common.apply_quick_schedule(c, grad_accum_steps=0)
-    # Batch 4: a step of 8 clips took 1.20 s here, of 4 0.65 s (median of 6
-    # alternating steps, 2026-12-07): 1,500 steps in about 16 minutes.
+    # Batch 4: a step of 8 clips took 0.95 s here, of 4 0.49 s (medians of 6
+    # alternating rounds of benchmarks/step_times.py, 2026-12-07): 1,500
+    # steps in about 16 minutes (the run took 18.4 in all).
     c.train.batch_size = 4
     c.optimizer.learning_rate = 3e-4
     c.train.num_steps = 1_500

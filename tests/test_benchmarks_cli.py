@@ -230,3 +230,12 @@ def test_gpu_script_smoke_runs_every_part(capsys, tmp_path):
   training = out.split("training: ")[1]
   assert float(training.split()[0]) > 0 and "images/s" in training
   assert "the paper's 500,000 steps at this rate" in out
+
+
+def test_step_times_times_each_batch_size(capsys):
+  from benchmarks import step_times  # pylint: disable=g-import-not-at-top
+  assert step_times.main(["--config=experiments/slot_attention.py:tiny,smoke",
+                          "--batch=4,2", "--rounds=2"]) == 0
+  out = capsys.readouterr().out
+  assert "batch 4: median" in out and "batch 2: median" in out
+  assert "1.00x the first's time" in out

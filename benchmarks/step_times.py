@@ -1,0 +1,89 @@
+r"""Training-step time of experiments at several batch sizes, alternating.
+
+    python benchmarks/step_times.py --config=experiments/provide.py:quick \
+        --batch=8,4 [--rounds=6]
+
+Builds the experiment's training step for each batch size (micro-batches as
+the trainer resolves them), then times the steps alternately, ``--rounds``
+times each, on uniform-noise inputs (video models get clips of
+``data.num_frames``), and prints each side's median and range of seconds
+per step and the ratio of the medians to the first. Alternating in one
+process is the comparison this machine allows: its speed drifts by 20% or
+more between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import ocjax  # noqa: F401  (XLA flags before JAX starts)
+import jax
+
+from ocjax import run as run_lib
+from ocjax.train import step as step_lib
+
+
+def build_step(experiment: str, batch_size: int):
+  """``(step, state, batch, micro-batches)`` of ``experiment`` at a batch."""
+  config = run_lib.load_experiment(experiment)
+  with config.unlocked():
+    config.train.batch_size = batch_size
+  run = run_lib.build(config)
+  size = int(config.data.image_size)
+  frames = ((int(config.data.num_frames),)
+            if run.model.input_key == "video" else ())
+  x = np.random.default_rng(0).random(
+      (batch_size,) + frames + (size, size, 3), np.float32)
+  accum = step_lib.resolve_grad_accum(config.train, batch_size,
+                                      model=run.model)
+  step = step_lib.make_train_step(run.model, run.objective, run.tx, seed=0,
+                                  grad_accum_steps=accum)
+  return (step, run.init_state(),
+          {run.model.input_key: jax.numpy.asarray(x)}, accum)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--config", required=True,
+                 help="experiments/<model>.py[:preset[,options]]")
+  p.add_argument("--batch", default="8,4", help="comma-separated sizes")
+  p.add_argument("--rounds", type=int, default=6)
+  args = p.parse_args(argv)
+  sizes = [int(b) for b in args.batch.split(",")]
+  sides = []
+  for b in sizes:
+    step, state, batch, accum = build_step(args.config, b)
+    start = time.perf_counter()
+    state, metrics = step(state, batch)  # compiles
+    jax.block_until_ready(metrics)
+    print(f"batch {b}: {accum} micro-batch(es), compile and first step "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    sides.append([step, state, batch, []])
+  for _ in range(args.rounds):
+    for side in sides:
+      step, state, batch, times = side
+      start = time.perf_counter()
+      side[1], metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+  print(f"{args.config} training step, {args.rounds} alternating rounds")
+  first = float(np.median(sides[0][3]))
+  for b, (_, _, _, times) in zip(sizes, sides):
+    med = float(np.median(times))
+    print(f"  batch {b}: median {med:.3f} s [{min(times):.3f}, "
+          f"{max(times):.3f}], {b / med:.1f} examples/s, "
+          f"{med / first:.2f}x the first's time")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
