@@ -67,11 +67,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ocjax import xla_flags
 from ocjax.models import base
 from ocjax.nn import dla
 from ocjax.nn import mask_normalisation as masks_lib
 from ocjax.nn import stn
-from ocjax import xla_flags
 from ocjax.objectives import kl as kl_lib
 
 Array = jax.Array
@@ -578,7 +578,7 @@ class Apex(base.ObjectCentricModel):
   input_key = "video"
   uses_step = True  # the Gumbel-Softmax temperature
   # YNNPACK keeps the matmuls only: its reduce fusions slowed the quick
-  # preset's training step on the 2-core CPU (0.59 against 0.50 s at batch
+  # preset's training step on the 2-core CPU (0.536 against 0.438 s at batch
   # 4, 10 alternating rounds of benchmarks/xla_options_ab.py; GENESIS-V2,
   # the video model and AST-Seg are faster with them, so ocjax keeps them).
   xla_cpu_options = {xla_flags.YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
