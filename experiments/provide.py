@@ -18,7 +18,7 @@ on longer clips with the same workdir and, e.g.,
 Presets, ``--config=experiments/provide.py:<preset>``:
   quick       a CPU demo: colour Bouncing Balls (4 balls, 1.5x the radius) at
               32x32, clips of 4 frames, sigma = 0.1, K = 5, R = 2, narrower
-              networks, batch 4, 1,500 steps.
+              networks, batch 4, 1,200 steps.
   colour      colour Bouncing Balls (4 colours, 4 balls), gamma = 0.
   binary678   binary, tested on 6-8 balls with K = 9 (Table 2); train with
               ``paper`` and evaluate with this preset's data and K.
@@ -120,12 +120,12 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.model.refine_pool = 0
     common.apply_quick_schedule(c, grad_accum_steps=0)
     # Batch 4: a step of 8 clips took 0.95 s here, of 4 0.49 s (medians of 6
-    # alternating rounds of benchmarks/step_times.py, 2026-12-07): 1,500
-    # steps in about 16 minutes (the run took 18.4 in all).
+    # alternating rounds of benchmarks/step_times.py, 2026-12-07). 1,500
+    # steps took 18.4 min in all (1.5 steps/s); 1,200 fit the issue's ~15.
     c.train.batch_size = 4
     c.optimizer.learning_rate = 3e-4
-    c.train.num_steps = 1_500
-    c.train.eval_every = 500
+    c.train.num_steps = 1_200
+    c.train.eval_every = 400
     c.eval.batch_size = 8
     c.eval.num_examples = 160
   elif preset == "binary678":
