@@ -468,11 +468,35 @@ def iterate(ds) -> Iterator[dict[str, np.ndarray]]:
     except StopIteration:
       return
     except tf_.errors.OpError as e:
-      raise DatasetReadError(
-          f"Reading {context} failed: {tf_message(e, 2000)}\nThe file is "
-          "corrupt, truncated or not in the published format; re-download "
-          "it (see docs/datasets.md).") from None
+      raise DatasetReadError(read_error_message(context, e)) from None
     yield batch
+
+
+# TensorFlow's wrapping of an exception raised by a `numpy_function`
+# (our NumPy loaders and procedural generators): "... transformation with
+# iterator: <iterator>: <Type>: <message> Traceback (most recent call
+# last): ...".
+_PYTHON_ERROR = re.compile(
+    r"^(?:.*?transformation with iterator: \S+: )?"
+    r"(?P<error>.*?)\s*Traceback \(most recent call last\):(?P<tb>.*)$")
+
+
+def read_error_message(context: str, error: Exception) -> str:
+  """What `iterate` says when reading ``context`` failed with ``error``.
+
+  A Python exception of the dataset's own loader or generator is given as
+  its type and message first (it names the field or file at fault), its
+  traceback after; anything else TensorFlow raised while reading means a
+  file that is corrupt, truncated or not in the published format.
+  """
+  message = tf_message(error, 4000)
+  python = _PYTHON_ERROR.match(message)
+  if python:
+    return (f"Reading {context} failed: {python['error']}\n(raised by the "
+            f"dataset's Python loader; its traceback:{python['tb'][:2000]})")
+  return (f"Reading {context} failed: {message[:2000]}\nThe file is "
+          "corrupt, truncated or not in the published format; re-download "
+          "it (see docs/datasets.md).")
 
 
 # ------------------------------------------- index stream: NumPy loaders

@@ -330,3 +330,34 @@ def test_frames_as_images(monkeypatch, installed):
   np.testing.assert_array_equal(frames["image"], clips["video"][:, 0])
   np.testing.assert_array_equal(frames["segmentation"],
                                 clips["segmentation"][:, 0])
+
+
+def test_a_loader_exception_is_reported_as_itself_not_as_a_corrupt_file():
+  # A procedural generator's error (e.g. balls that do not fit) reaches the
+  # user as its own type and message, not as a corrupt file to download.
+  def load_rows(indices, valid):
+    del indices, valid
+    raise RuntimeError("Could not place 9 balls without overlap; lower "
+                       "data.radius or the number of balls.")
+
+  ds = stream.make_dataset(
+      load_rows, {"x": stream.Feature((2,), np.float32)}, n=4,
+      split="train", batch_size=2, seed=0, start_step=0, process_index=None,
+      process_count=None, repeat=True)
+  ds = stream.attach_context(ds, "Balls (procedural)")
+  with pytest.raises(stream.DatasetReadError) as e:
+    next(stream.iterate(ds))
+  text = str(e.value)
+  assert text.startswith("Reading Balls (procedural) failed: RuntimeError: "
+                         "Could not place 9 balls without overlap; lower "
+                         "data.radius"), text
+  assert "corrupt" not in text
+  assert "load_rows" in text  # the traceback follows
+
+
+def test_a_bad_file_is_still_reported_as_a_corrupt_file():
+  t = stream.tf()
+  ds = t.data.Dataset.from_tensors(t.constant(b"not a png")).map(
+      lambda c: {"x": t.io.decode_png(c)})
+  with pytest.raises(stream.DatasetReadError, match="corrupt, truncated"):
+    list(stream.iterate(ds))
