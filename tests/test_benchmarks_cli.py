@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -239,3 +240,24 @@ def test_step_times_times_each_batch_size(capsys):
   out = capsys.readouterr().out
   assert "batch 4: median" in out and "batch 2: median" in out
   assert "1.00x the first's time" in out
+
+
+@pytest.mark.parametrize(
+    "grad", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_conv_layers_times_each_convolution_of_a_model(capsys, grad):
+  from benchmarks import conv_layers  # pylint: disable=g-import-not-at-top
+  calls = conv_layers.record_convolutions(
+      "experiments/ast_seg.py:quick,tiny", 2)
+  # The U-Net's convolutions, among them a small map's (a matmul on CPU).
+  assert len(calls) >= 4 and all(c["x"][0] >= 2 for c in calls)
+  assert any(conv_layers.small_map(c) for c in calls)
+  small = next(i for i, c in enumerate(calls) if conv_layers.small_map(c))
+  argv = ["--config=experiments/ast_seg.py:quick,tiny", "--batch=2",
+          "--rounds=1", f"--layers={small + 1}"] + (["--grad"] if grad else [])
+  assert conv_layers.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "distinct convolutions" in out and "matmul/xla" in out
+  assert "the faster of the two per layer" in out
+  rows = [l for l in out.splitlines() if l.strip().startswith("(2,")]
+  used = re.search(r"\)\s+\d+\s+(xla|matmul)\s", rows[-1])
+  assert used and used.group(1) == "matmul", rows  # the small map's
