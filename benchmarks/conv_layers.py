@@ -70,20 +70,24 @@ def record_convolutions(experiment: str, batch_size: int) -> list[dict]:
   return calls
 
 
-def flops(call: dict) -> float:
-  """Multiply-adds x 2 of the forward convolution."""
-  n, h, w, _ = call["x"]
-  kh, kw, c_in, c_out = call["kernel"]
+def output_pixels(call: dict) -> int:
+  """``H_out W_out`` of ``call`` (`ocjax.nn.conv`'s own arithmetic)."""
+  _, h, w, _ = call["x"]
+  kh, kw = call["kernel"][:2]
   (ly, hy), (lx, hx) = call["padding"]
   sy, sx = call["strides"]
-  ho, wo = (h + ly + hy - kh) // sy + 1, (w + lx + hx - kw) // sx + 1
-  return 2.0 * n * ho * wo * kh * kw * c_in * c_out
+  return (conv._output_size(h, kh, sy, ly, hy)  # pylint: disable=protected-access
+          * conv._output_size(w, kw, sx, lx, hx))  # pylint: disable=protected-access
+
+
+def flops(call: dict) -> float:
+  """Multiply-adds x 2 of the forward convolution."""
+  return 2.0 * call["x"][0] * output_pixels(call) * np.prod(call["kernel"])
 
 
 def small_map(call: dict) -> bool:
   """Whether `conv2d` computes ``call`` as im2col + matmul on a CPU."""
-  return (flops(call) / (2.0 * call["x"][0] * np.prod(call["kernel"]))
-          <= conv.SMALL_MAP_PIXELS)
+  return output_pixels(call) <= conv.SMALL_MAP_PIXELS
 
 
 def candidates(call: dict, grad: bool) -> dict:
