@@ -1,13 +1,17 @@
 r"""Training-step time of experiments at several batch sizes, alternating.
 
     python benchmarks/step_times.py --config=experiments/provide.py:quick \
-        --batch=8,4 [--rounds=6]
+        --batch=8,4 [--rounds=6] [--train_steps=0,30000]
 
 Builds the experiment's training step for each batch size (micro-batches as
 the trainer resolves them), then times the steps alternately, ``--rounds``
 times each, on uniform-noise inputs (video models get clips of
 ``data.num_frames``), and prints each side's median and range of seconds
-per step and the ratio of the medians to the first. Alternating in one
+per step and the ratio of the medians to the first. ``--train_steps``
+starts the train state's step counter at each of the given values (models
+that declare ``uses_step`` follow it: AST-Seg's curriculum freezes its
+background for the first 30k), one side per batch size and counter.
+Alternating in one
 process is the comparison this machine allows: its speed drifts by 20% or
 more between runs.
 """
@@ -57,17 +61,29 @@ def main(argv=None) -> int:
                  help="experiments/<model>.py[:preset[,options]]")
   p.add_argument("--batch", default="8,4", help="comma-separated sizes")
   p.add_argument("--rounds", type=int, default=6)
+  p.add_argument("--train_steps", default="",
+                 help="comma-separated start values of the train state's "
+                 "step counter (default: the initial state's)")
   args = p.parse_args(argv)
   sizes = [int(b) for b in args.batch.split(",")]
-  sides = []
+  counters = ([int(s) for s in args.train_steps.split(",")]
+              if args.train_steps else [None])
+  sides, names = [], []
   for b in sizes:
-    step, state, batch, accum = build_step(args.config, b)
-    start = time.perf_counter()
-    state, metrics = step(state, batch)  # compiles
-    jax.block_until_ready(metrics)
-    print(f"batch {b}: {accum} micro-batch(es), compile and first step "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
-    sides.append([step, state, batch, []])
+    step, state0, batch, accum = build_step(args.config, b)
+    for counter in counters:
+      name = f"batch {b}" + ("" if counter is None else f", step {counter}")
+      state = jax.tree.map(jax.numpy.copy, state0)  # the step donates it
+      if counter is not None:
+        state = state.replace(step=jax.numpy.int32(counter))
+      start = time.perf_counter()
+      for _ in range(2):  # compiles (the second call sees the step's output)
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+      print(f"{name}: {accum} micro-batch(es), compile and two steps "
+            f"{time.perf_counter() - start:.1f} s", flush=True)
+      sides.append([step, state, batch, []])
+      names.append((name, b))
   for _ in range(args.rounds):
     for side in sides:
       step, state, batch, times = side
@@ -77,9 +93,9 @@ def main(argv=None) -> int:
       times.append(time.perf_counter() - start)
   print(f"{args.config} training step, {args.rounds} alternating rounds")
   first = float(np.median(sides[0][3]))
-  for b, (_, _, _, times) in zip(sizes, sides):
+  for (name, b), (_, _, _, times) in zip(names, sides):
     med = float(np.median(times))
-    print(f"  batch {b}: median {med:.3f} s [{min(times):.3f}, "
+    print(f"  {name}: median {med:.3f} s [{min(times):.3f}, "
           f"{max(times):.3f}], {b / med:.1f} examples/s, "
           f"{med / first:.2f}x the first's time")
   return 0

@@ -242,6 +242,38 @@ def test_step_times_times_each_batch_size(capsys):
   assert "1.00x the first's time" in out
 
 
+@pytest.mark.slow
+def test_step_times_starts_each_train_step_counter(capsys):
+  from benchmarks import step_times  # pylint: disable=g-import-not-at-top
+  assert step_times.main(["--config=experiments/ast_seg.py:quick,tiny",
+                          "--batch=2", "--rounds=1",
+                          "--train_steps=0,30000"]) == 0
+  out = capsys.readouterr().out
+  assert "batch 2, step 0: median" in out
+  assert "batch 2, step 30000: median" in out
+
+
+@pytest.mark.parametrize(
+    "step", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_transposed_convs_times_both_forms(capsys, step):
+  from benchmarks import transposed_convs  # pylint: disable=g-import-not-at-top
+  from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = run_lib.load_experiment("experiments/ast_seg.py:quick,tiny")
+  calls = transposed_convs.record_calls(config, 2)
+  # The background generator's (col2im on CPU) and the U-Net's or the
+  # glimpse generator's (subpixel) transposed convolutions.
+  assert {c["form"] for c in calls} == {"col2im", "subpixel"}
+  assert all(c["x"][0] >= 2 for c in calls)
+  argv = ["--config=experiments/ast_seg.py:quick,tiny", "--batch=2",
+          "--rounds=1", "--layers=2"] + (["--step"] if step else [])
+  assert transposed_convs.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "distinct transposed convolutions" in out and "col2im/sub" in out
+  assert "the model's forms" in out
+  if step:
+    assert "subpixel: " in out and "col2im: " in out and "model: " in out
+
+
 @pytest.mark.parametrize(
     "grad", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_conv_layers_times_each_convolution_of_a_model(capsys, grad):

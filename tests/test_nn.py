@@ -74,6 +74,43 @@ def test_subpixel_gradients_match(k, p, op, size, matmul_grad):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,p,op", [(5, 2, 1), (4, 1, 0), (3, 1, 1),
+                                    (2, 0, 0)])
+def test_col2im_equals_transposed_convolution_and_its_gradients(k, p, op):
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.normal(size=(2, 4, 6, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+  col2im = conv_transpose.conv_transpose_col2im
+  plain = conv_transpose.conv_transpose_dilated
+  assert col2im(x, w, p, op).shape == (2, 8, 12, 5)
+  np.testing.assert_allclose(col2im(x, w, p, op), plain(x, w, p, op),
+                             rtol=1e-5, atol=1e-5)
+  f = lambda fn: jax.jit(jax.grad(
+      lambda x, w: jnp.sum(jnp.sin(fn(x, w, p, op))), argnums=(0, 1)))(x, w)
+  for a, b in zip(f(col2im), f(plain)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_col2im_rejects_non_doubling_configs():
+  with pytest.raises(ValueError, match="twice the input"):
+    conv_transpose.conv_transpose_col2im(
+        jnp.zeros((1, 4, 4, 1)), jnp.zeros((5, 5, 1, 1)), 1, 0)
+
+
+def test_tap_products_gradients_match_autodiff():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(2, 2, 3, 4)), x.dtype)
+  ref = lambda x, w: jnp.einsum("mc,ijco->mijo", x, w).reshape(7, 16)
+  np.testing.assert_allclose(conv_transpose.tap_products(x, w), ref(x, w),
+                             rtol=1e-5, atol=1e-5)
+  f = lambda fn: jax.grad(lambda x, w: jnp.sum(jnp.cos(fn(x, w))),
+                          argnums=(0, 1))(x, w)
+  for a, b in zip(f(conv_transpose.tap_products), f(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ layers
 def test_torch_linspace_endpoints_and_symmetry():
   for n in (2, 4, 7, 64, 128):
