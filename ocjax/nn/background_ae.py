@@ -137,9 +137,10 @@ def conv_transpose(x: Array, kernel: Array, stride, padding,
 
   Stride-2 layers that double the size run without the zero-dilated input
   (`ocjax.nn.conv_transpose`): on CPU as one matmul and a col2im (its
-  layers have many channels on small maps, or few output channels: AST-Seg's
-  training step 0.77x as long as with phase convolutions, README), elsewhere
-  as sub-pixel convolutions. The others (and ``subpixel=False``) run as a
+  layers have many channels on small maps, or few output channels: with
+  phase convolutions AST-Seg's training step in the curriculum's phase 2
+  took 1.29x as long, `benchmarks/transposed_convs.py --step`, README),
+  elsewhere as sub-pixel convolutions. The others (and ``subpixel=False``) run as a
   convolution over the zero-dilated input.
   """
   kh, kw = kernel.shape[:2]

@@ -175,10 +175,12 @@ def conv_transpose_col2im(x: Array, kernel: Array, padding: int,
   configurations.
 
   Per phase ``a`` (per axis) ``y[2 m + a] = sum_d P[m + d, a + p - 2 d]``.
-  In AST-Seg's training step (ShapeStacks setting, batch 8, CPU) its
-  background generator's four 5x5 layers computed this way made the step
-  0.77x as long as with the phase convolutions; the U-Net's and glimpse
-  generator's 4x4 layers computed this way made it slower (README, AST-Seg).
+  AST-Seg's background generator uses it on CPU: its training step with the
+  phase convolutions there took 1.29x as long in the curriculum's phase 2
+  and about as long in phase 3 (ShapeStacks setting, batch 8); on the
+  U-Net's larger maps this form was 1.2-1.4x slower
+  (`benchmarks/transposed_convs.py`, README "AST-Seg against its official
+  code").
   """
   k = kernel.shape[0]
   if k - 2 * padding + output_padding != 2:
