@@ -56,6 +56,27 @@ def _phase_offsets(kernel_size: int, padding: int):
   return phases
 
 
+def _doubling_kernel(kernel: Array, padding: int, output_padding: int,
+                     name: str) -> int:
+  """The kernel size, checked to give an output of exactly twice the
+  input."""
+  k = kernel.shape[0]
+  if k - 2 * padding + output_padding != 2:
+    raise ValueError(
+        f"{name} needs an output of exactly twice the input; kernel {k}, "
+        f"padding {padding}, output_padding {output_padding} give "
+        f"(n-1)*2 + {k - 2 * padding + output_padding}.")
+  return k
+
+
+def _interleave(phases) -> Array:
+  """``phases[a_y][a_x]`` ``[B, H, W, C]`` -> ``y [B, 2H, 2W, C]`` with
+  ``y[2m + a_y, 2l + a_x]`` = phase ``(a_y, a_x)`` at ``(m, l)``."""
+  b, h, w, c = phases[0][0].shape
+  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+  return y.reshape(b, 2 * h, 2 * w, c)  # from [B, H, 2, W, 2, C]
+
+
 def _taps(kernel: Array, axis: int, taps: list[int]) -> Array:
   """``kernel`` at ``taps`` along ``axis`` (a step -2 progression: a strided
   slice and a reversal, no gather)."""
@@ -83,12 +104,7 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
   deconvolution.
   ``matmul_grad``: kernel gradients as matmuls (`ocjax.nn.conv.conv2d`).
   """
-  k = kernel.shape[0]
-  if k - 2 * padding + output_padding != 2:
-    raise ValueError(
-        f"conv_transpose_subpixel needs an output of exactly twice the input; "
-        f"kernel {k}, padding {padding}, output_padding {output_padding} give "
-        f"(n-1)*2 + {k - 2 * padding + output_padding}.")
+  k = _doubling_kernel(kernel, padding, output_padding, "conv_transpose_subpixel")
   kernel = kernel.astype(x.dtype)
   b, h, w, _ = x.shape
   c_in, c_out = kernel.shape[2:]
@@ -117,9 +133,7 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
         row.append(conv.conv2d(x, kern, ((-dy[0], dy[-1]), (-dx[0], dx[-1])),
                                matmul_grad=matmul_grad))
       phases.append(row)
-  # [B, H, 2, W, 2, C]: y[2m + a_y, 2l + a_x] = phase (a_y, a_x) at (m, l).
-  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
-  return y.reshape(b, 2 * h, 2 * w, c_out)
+  return _interleave(phases)
 
 
 def _tap_matrix(kernel: Array) -> Array:
@@ -182,12 +196,7 @@ def conv_transpose_col2im(x: Array, kernel: Array, padding: int,
   (`benchmarks/transposed_convs.py`, README "AST-Seg against its official
   code").
   """
-  k = kernel.shape[0]
-  if k - 2 * padding + output_padding != 2:
-    raise ValueError(
-        f"conv_transpose_col2im needs an output of exactly twice the input; "
-        f"kernel {k}, padding {padding}, output_padding {output_padding} give "
-        f"(n-1)*2 + {k - 2 * padding + output_padding}.")
+  k = _doubling_kernel(kernel, padding, output_padding, "conv_transpose_col2im")
   b, h, w, c_in = x.shape
   c_out = kernel.shape[3]
   products = tap_products(x.reshape(b * h * w, c_in),
@@ -206,9 +215,7 @@ def conv_transpose_col2im(x: Array, kernel: Array, padding: int,
                               ty, tx]
                      for dy, ty in zip(dys, tys) for dx, tx in zip(dxs, txs)))
     phases.append(row)
-  # [B, H, 2, W, 2, C]: y[2m + a_y, 2l + a_x] = phase (a_y, a_x) at (m, l).
-  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
-  return y.reshape(b, 2 * h, 2 * w, c_out)
+  return _interleave(phases)
 
 
 def conv_transpose_dilated(x: Array, kernel: Array, padding: int,
