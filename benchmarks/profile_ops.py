@@ -15,6 +15,13 @@ names the Flax module and the JAX primitive it came from, so the report is
   direction (``fwd``; ``bwd``: ops under ``transpose(...)``, i.e. gradients);
 * the ``--top`` ops with their output shape and source.
 
+Caveat: the trace undercounts XLA:CPU's convolutions and matmuls (probably
+because they run on its thread pool outside the traced op): in AST-Seg's
+training step (ShapeStacks setting, batch 8, 2026-12-07) they summed to
+about 0.35 s of a 2.3 s step whose convolutions alone took about 2 s
+(`benchmarks/conv_layers.py`). Trust it for the other ops (copies,
+transposes, elementwise fusions) and time convolutions alone or by A/B.
+
 Image and video models (clips of ``data.num_frames``); inputs are uniform
 noise. For models whose arithmetic follows
 the step (``uses_step``) ``--train_step`` sets the counter. Timings drift
