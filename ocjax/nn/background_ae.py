@@ -140,8 +140,8 @@ def conv_transpose(x: Array, kernel: Array, stride, padding,
   layers have many channels on small maps, or few output channels: with
   phase convolutions AST-Seg's training step in the curriculum's phase 2
   took 1.29x as long, `benchmarks/transposed_convs.py --step`, README),
-  elsewhere as sub-pixel convolutions. The others (and ``subpixel=False``) run as a
-  convolution over the zero-dilated input.
+  elsewhere as sub-pixel convolutions. The others (and ``subpixel=False``)
+  run as a convolution over the zero-dilated input.
   """
   kh, kw = kernel.shape[:2]
   if (subpixel and tuple(stride) == (2, 2) and kh == kw

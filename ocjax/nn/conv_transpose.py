@@ -104,7 +104,8 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
   deconvolution.
   ``matmul_grad``: kernel gradients as matmuls (`ocjax.nn.conv.conv2d`).
   """
-  k = _doubling_kernel(kernel, padding, output_padding, "conv_transpose_subpixel")
+  k = _doubling_kernel(kernel, padding, output_padding,
+                       "conv_transpose_subpixel")
   kernel = kernel.astype(x.dtype)
   b, h, w, _ = x.shape
   c_in, c_out = kernel.shape[2:]
@@ -196,7 +197,8 @@ def conv_transpose_col2im(x: Array, kernel: Array, padding: int,
   (`benchmarks/transposed_convs.py`, README "AST-Seg against its official
   code").
   """
-  k = _doubling_kernel(kernel, padding, output_padding, "conv_transpose_col2im")
+  k = _doubling_kernel(kernel, padding, output_padding,
+                       "conv_transpose_col2im")
   b, h, w, c_in = x.shape
   c_out = kernel.shape[3]
   products = tap_products(x.reshape(b * h * w, c_in),
