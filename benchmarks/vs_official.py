@@ -388,7 +388,11 @@ def main(argv=None) -> int:
   if torch is None:
     print(HOW_TO_GET, file=sys.stderr)
     return 2
-  set_device(args.device, torch)
+  try:
+    set_device(args.device, torch)
+  except ValueError as e:  # --device=cuda without a GPU
+    print(e, file=sys.stderr)
+    return 2
   set_precision(args.precision, torch)
   what = "forward pass" if args.inference else "training step"
   peak = measured_peak(args.precision)

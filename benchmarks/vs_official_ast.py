@@ -1,7 +1,8 @@
 r"""AST-Seg against the official PyTorch implementation, side by side.
 
     python benchmarks/vs_official_ast.py --official_dir=DIR [--batch=8,32] \
-        [--rounds=7] [--inference] [--parts] [--grad_accum=auto] [--threads=0]
+        [--rounds=7] [--inference] [--parts] [--grad_accum=auto] [--threads=0] \
+        [--device=auto] [--precision=float32]
 
 ``DIR`` (or the environment variable ``AST_OFFICIAL``) is a checkout of the
 official code (MIT licence; never copied into this repository, it is
@@ -62,6 +63,21 @@ samples the glimpses separably (two small matmuls per object, equal to
 while FlopCounterMode does not count ``grid_sample``. With
 ``--inference`` ours also computes the model's evaluation outputs (the
 attention segmentation and the argmax of the masks) besides the losses.
+
+On a GPU (``--device=cuda``; ``auto``, the default, takes it when torch sees
+one) the official networks and images live on CUDA (torch's default device,
+and ``args.device`` of MF_config, as its training script sets it) and our
+step runs on JAX's default backend; each batch's row is followed by both
+sides' memory (XLA's buffers of our compiled step, torch's peak
+allocation). ``--precision`` sets both sides' arithmetic as in
+`vs_official`: ``float32`` (no TF32 anywhere), ``tf32`` or ``bfloat16``
+(our ``model.dtype``; ``torch.autocast`` around the official forward pass
+and losses). A GPU run for the record (one command, both modes):
+
+    python benchmarks/vs_official_ast.py --official_dir=DIR --device=cuda \
+        --batch=8,64 --rounds=10
+    python benchmarks/vs_official_ast.py --official_dir=DIR --device=cuda \
+        --batch=8,64 --rounds=10 --inference
 """
 
 from __future__ import annotations
@@ -132,7 +148,7 @@ def _ensure_transformers() -> None:
 def _cpu_device_zero():
   """MF_config's defaults say ``torch.device(0)``, which recent torch
   refuses without an accelerator: while it is imported, device 0 is the
-  CPU (the benchmark then sets ``args.device`` to the CPU anyway)."""
+  CPU (the benchmark then sets ``args.device`` to torch's default device)."""
   import torch  # pylint: disable=g-import-not-at-top
   device = torch.device
 
@@ -191,7 +207,7 @@ def official_model(official_dir: str, *, image_size: int, num_slots: int,
                   max_set_size=num_slots, isotropic_scaling=ISOTROPIC_SCALING,
                   feature_map_generator_name="Unet", batch_size=batch_size,
                   background_model_training_scenario="curriculum_training",
-                  device=torch.device("cpu"))
+                  device=torch.get_default_device())
   for name, value in settings.items():
     setattr(args, name, value)
   with contextlib.redirect_stdout(io.StringIO()):  # Their progress prints.
@@ -204,12 +220,15 @@ def official_model(official_dir: str, *, image_size: int, num_slots: int,
 
 
 def official_step(official_dir: str, nets, args, images, *, inference: bool,
-                  step: int = STEP):
+                  step: int = STEP, precision: str = "float32"):
   """A closure running one official phase-3 training step (or forward
-  pass), as MF_train.object_train's loop body (module doc)."""
+  pass), as MF_train.object_train's loop body (module doc), on torch's
+  default device (`vs_official.set_device`)."""
   import torch  # pylint: disable=g-import-not-at-top
   net_e, net_g, net_be, net_bg = nets
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  x = _torch_images(images)
+  autocast = lambda: torch.autocast(  # pylint: disable=g-long-lambda
+      x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
   losses = _official_losses(official_dir, args)
   optimiser = torch.optim.Adam(
       [{"params": net_g.parameters()}, {"params": net_e.parameters()},
@@ -222,12 +241,13 @@ def official_step(official_dir: str, nets, args, images, *, inference: bool,
     net.train(not inference)
 
   def loss_of_batch():
-    background_with_error = (1 / 255) * net_bg(net_be(255 * x))
-    latents = net_e(x)
-    recon, _, _, activation_layers = net_g(latents,
-                                           background_with_error[:, :3])
-    reconstruction, pixel_entropy = losses(recon, x, background_with_error,
-                                           activation_layers)
+    with autocast():
+      background_with_error = (1 / 255) * net_bg(net_be(255 * x))
+      latents = net_e(x)
+      recon, _, _, activation_layers = net_g(latents,
+                                             background_with_error[:, :3])
+      reconstruction, pixel_entropy = losses(recon, x, background_with_error,
+                                             activation_layers)
     return reconstruction + (pixel_entropy * args.pixel_entropy_loss_weight
                              * warmup_ratio)
 
@@ -246,8 +266,15 @@ def official_step(official_dir: str, nets, args, images, *, inference: bool,
   return forward if inference else train
 
 
+def _torch_images(images):
+  """``images`` [B, H, W, 3] as torch's NCHW on its default device."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.from_numpy(np.ascontiguousarray(images.transpose(
+      0, 3, 1, 2))).to(torch.get_default_device())
+
+
 def our_config(*, image_size: int, num_slots: int, batch_size: int,
-               grad_accum: int | str):
+               grad_accum: int | str, precision: str = "float32"):
   """``experiments/ast_seg.py:shapestacks`` with the compared settings."""
   from experiments import common  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -260,6 +287,7 @@ def our_config(*, image_size: int, num_slots: int, batch_size: int,
         "model.feature_generator": "unet",
         "model.background_training": "joint",
         "model.background_complexity": BACKGROUND_COMPLEXITY,
+        "model.dtype": vs.model_dtype(precision),
         "train.batch_size": batch_size})
     if grad_accum != "auto":
       config.train.grad_accum_steps = int(grad_accum)
@@ -289,10 +317,11 @@ def describe(config, *, inference: bool) -> str:
           f"{m.transformer_heads} heads ff {m.transformer_feedforward} "
           f"{m.transformer_layers} layers dropout {m.transformer_dropout}, "
           f"z_what {m.z_what_dim}, glimpse "
-          f"{models.build(m).resolved_glimpse_size}, {what}, float32")
+          f"{models.build(m).resolved_glimpse_size}, {what}")
 
 
-def parts(official_dir: str, images, *, rounds: int) -> list[str]:
+def parts(official_dir: str, images, *, rounds: int,
+          precision: str = "float32") -> list[str]:
   """Forward passes of the two big networks alone, evaluation mode, both
   sides alternating: the background autoencoder ``BG(BE(255 x))`` and the
   feature-map generator (U-Net); one line each, ours / official."""
@@ -304,10 +333,10 @@ def parts(official_dir: str, images, *, rounds: int) -> list[str]:
   net_e, _, net_be, net_bg = nets
   for net in nets:
     net.eval()
-  x_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  x_t = _torch_images(images)
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.build(our_config(image_size=size, num_slots=6, batch_size=b,
-                                 grad_accum="auto"))
+                                 grad_accum="auto", precision=precision))
   variables = run.init_state().variables()
   model, x = run.model, jax.numpy.asarray(images)
   ours = {
@@ -327,8 +356,12 @@ def parts(official_dir: str, images, *, rounds: int) -> list[str]:
       jax.block_until_ready(fn(variables, x))
 
     def official(name=name):
-      with torch.no_grad():
+      with torch.no_grad(), torch.autocast(
+          x_t.device.type, dtype=torch.bfloat16,
+          enabled=precision == "bfloat16"):
         theirs[name]()
+      if x_t.device.type == "cuda":
+        torch.cuda.synchronize()
 
     t_ours, t_theirs = [], []
     for _ in range(2):  # warm-up, compilation
@@ -359,14 +392,20 @@ def main(argv=None) -> int:
   if torch is None:
     print(HOW_TO_GET, file=sys.stderr)
     return 2
+  try:
+    vs.set_device(args.device, torch)
+  except ValueError as e:  # --device=cuda without a GPU
+    print(e, file=sys.stderr)
+    return 2
+  vs.set_precision(args.precision, torch)
   what = "forward pass" if args.inference else "training step"
-  peak = vs.measured_peak()
+  peak = vs.measured_peak(args.precision)
   batches = [int(v) for v in args.batch.split(",")]
   print(f"AST-Seg {what}, " + describe(our_config(
       image_size=args.image_size, num_slots=args.num_slots,
       batch_size=batches[0], grad_accum=args.grad_accum),
       inference=args.inference))
-  print(vs.machine(torch, peak))
+  print(vs.machine(torch, peak, args.precision))
   print(vs.TABLE_HEAD)
   rng = np.random.default_rng(0)
   for b in batches:
@@ -377,17 +416,23 @@ def main(argv=None) -> int:
         args.official_dir, image_size=args.image_size,
         num_slots=args.num_slots, batch_size=b)
     theirs = official_step(args.official_dir, nets, official_args, images,
-                           inference=args.inference)
+                           inference=args.inference,
+                           precision=args.precision)
     ours, flops, accum = our_step(
         our_config(image_size=args.image_size, num_slots=args.num_slots,
-                   batch_size=b, grad_accum=args.grad_accum),
+                   batch_size=b, grad_accum=args.grad_accum,
+                   precision=args.precision),
         images, inference=args.inference)
+    if torch.cuda.is_available():
+      torch.cuda.reset_peak_memory_stats()
     t_ours, t_theirs, their_flops = vs.compare(ours, theirs, args.rounds)
     print(vs.table_row(b, t_ours, t_theirs, flops, their_flops, peak, accum),
           flush=True)
+    if line := vs.memory(ours.compiled, torch):
+      print(line, flush=True)
     if args.parts:
-      print("\n".join(parts(args.official_dir, images, rounds=args.rounds)),
-            flush=True)
+      print("\n".join(parts(args.official_dir, images, rounds=args.rounds,
+                             precision=args.precision)), flush=True)
   return 0
 
 

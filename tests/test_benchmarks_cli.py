@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 
 import numpy as np
 import pytest
@@ -171,11 +172,28 @@ def test_discovery_skips_a_finished_run_and_moves_k_with_the_data(tmp_path,
   assert "--dataset: unknown dataset 'nope'" in capsys.readouterr().err
 
 
-def test_vs_official_names_a_bad_precision_or_device(capsys):
+@pytest.mark.parametrize("module", [vs_official, vs_official_ast])
+def test_vs_official_names_a_bad_precision_or_device(module, capsys):
   for bad in ("--precision=bf16", "--device=tpu"):
     with pytest.raises(SystemExit):
-      vs_official.main(["--official_dir=.", bad])
+      module.main(["--official_dir=.", bad])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [vs_official, vs_official_ast])
+def test_vs_official_on_cuda_without_a_gpu_says_so(module, monkeypatch,
+                                                   capsys, tmp_path):
+  """``--device=cuda`` where torch sees no GPU: exit 2 and the reason, before
+  anything is built or timed."""
+  (tmp_path / "models").mkdir()
+  (tmp_path / "MF_models_encoder.py").write_text("")
+  cpu_torch = types.SimpleNamespace(
+      __version__="2.0+cpu",
+      cuda=types.SimpleNamespace(is_available=lambda: False))
+  monkeypatch.setattr(vs_official, "import_torch", lambda threads=0: cpu_torch)
+  assert module.main([f"--official_dir={tmp_path}", "--device=cuda"]) == 2
+  assert "--device=cuda: torch sees no CUDA device (torch 2.0+cpu)" in (
+      capsys.readouterr().err)
 
 
 def test_gpu_script_reads_the_trainers_log_lines():
