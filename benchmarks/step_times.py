@@ -1,7 +1,8 @@
 r"""Training-step time of experiments at several batch sizes, alternating.
 
     python benchmarks/step_times.py --config=experiments/provide.py:quick \
-        --batch=8,4 [--rounds=6] [--train_steps=0,30000]
+        --batch=8,4 [--rounds=6] [--train_steps=0,30000] [--without_stages] \
+        [--config.x.y=v ...]
 
 Builds the experiment's training step for each batch size (micro-batches as
 the trainer resolves them), then times the steps alternately, ``--rounds``
@@ -10,8 +11,12 @@ times each, on uniform-noise inputs (video models get clips of
 per step and the ratio of the medians to the first. ``--train_steps``
 starts the train state's step counter at each of the given values (models
 that declare ``uses_step`` follow it: AST-Seg's curriculum freezes its
-background for the first 30k), one side per batch size and counter.
-Alternating in one
+background for the first 30k), one side per batch size and counter. Each
+side runs the model's training stage at its counter as the trainer does
+(`ocjax.train.step.stage_of`: AST-Seg's phase 2 compiles without the
+background's gradients); ``--without_stages`` adds, for a model that has
+stages, the same side without one (the step-only computation, equal in
+value). ``--config.x.y=v`` sets any field (JSON values). Alternating in one
 process is the comparison this machine allows: its speed drifts by 20% or
 more between runs.
 """
@@ -19,6 +24,7 @@ more between runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -32,14 +38,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import ocjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
 
+from experiments import common
+from ocjax import compare
 from ocjax import run as run_lib
 from ocjax.train import step as step_lib
 
 
-def build_step(experiment: str, batch_size: int):
-  """``(step, state, batch, micro-batches)`` of ``experiment`` at a batch."""
+def build_step(experiment: str, batch_size: int,
+               overrides: dict | None = None):
+  """``(step, state, batch, micro-batches, model)`` of ``experiment`` (with
+  the fields ``overrides``) at a batch."""
   config = run_lib.load_experiment(experiment)
   with config.unlocked():
+    common.set_fields(config, dict(overrides or {}))
     config.train.batch_size = batch_size
   run = run_lib.build(config)
   size = int(config.data.image_size)
@@ -52,7 +63,7 @@ def build_step(experiment: str, batch_size: int):
   step = step_lib.make_train_step(run.model, run.objective, run.tx, seed=0,
                                   grad_accum_steps=accum)
   return (step, run.init_state(),
-          {run.model.input_key: jax.numpy.asarray(x)}, accum)
+          {run.model.input_key: jax.numpy.asarray(x)}, accum, run.model)
 
 
 def main(argv=None) -> int:
@@ -64,26 +75,40 @@ def main(argv=None) -> int:
   p.add_argument("--train_steps", default="",
                  help="comma-separated start values of the train state's "
                  "step counter (default: the initial state's)")
-  args = p.parse_args(argv)
+  p.add_argument("--without_stages", action="store_true",
+                 help="also time each counter without the model's training "
+                 "stage (models that declare training_stages)")
+  args, rest = p.parse_known_args(argv)
+  try:
+    overrides = compare._parse_overrides(rest)  # pylint: disable=protected-access
+  except ValueError as e:
+    p.error(str(e))
   sizes = [int(b) for b in args.batch.split(",")]
   counters = ([int(s) for s in args.train_steps.split(",")]
               if args.train_steps else [None])
   sides, names = [], []
   for b in sizes:
-    step, state0, batch, accum = build_step(args.config, b)
+    step, state0, batch, accum, model = build_step(args.config, b, overrides)
     for counter in counters:
-      name = f"batch {b}" + ("" if counter is None else f", step {counter}")
-      state = jax.tree.map(jax.numpy.copy, state0)  # the step donates it
-      if counter is not None:
-        state = state.replace(step=jax.numpy.int32(counter))
-      start = time.perf_counter()
-      for _ in range(2):  # compiles (the second call sees the step's output)
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-      print(f"{name}: {accum} micro-batch(es), compile and two steps "
-            f"{time.perf_counter() - start:.1f} s", flush=True)
-      sides.append([step, state, batch, []])
-      names.append((name, b))
+      stage = step_lib.stage_of(model, int(state0.step) if counter is None
+                                else counter)
+      stages = [stage, None] if (
+          args.without_stages and stage is not None) else [stage]
+      for s in stages:
+        name = f"batch {b}" + ("" if counter is None else f", step {counter}")
+        name += "" if s is None else f", stage {s}"
+        state = jax.tree.map(jax.numpy.copy, state0)  # the step donates it
+        if counter is not None:
+          state = state.replace(step=jax.numpy.int32(counter))
+        fn = functools.partial(step, stage=s)
+        start = time.perf_counter()
+        for _ in range(2):  # compiles (the second call sees its output)
+          state, metrics = fn(state, batch)
+          jax.block_until_ready(metrics)
+        print(f"{name}: {accum} micro-batch(es), compile and two steps "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        sides.append([fn, state, batch, []])
+        names.append((name, b))
   for _ in range(args.rounds):
     for side in sides:
       step, state, batch, times = side

@@ -445,21 +445,32 @@ def test_curriculum_through_the_loss():
   params = dict(variables["params"],
                 background_activation_logit=jnp.full((1, 1), -2.0))
 
-  @jax.jit
-  def grad_norm(step):
+  @functools.partial(jax.jit, static_argnames="stage")
+  def grads(step, stage=None):
     def loss(params):
       out, _ = model.apply(dict(variables, params=params), batch, train=True,
-                           step=step, mutable=["batch_stats"])
+                           step=step, stage=stage, mutable=["batch_stats"])
       return sum(v.mean() for v in out.losses.values())
-    g = jax.grad(loss)(params)
+    return jax.value_and_grad(loss)(params)
+
+  def norms(g):
     return (sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g["background_ae"])),
             sum(jnp.sum(x ** 2) for x in jax.tree.leaves(
                 g["glimpse_generator"])))
 
-  bg9, fg9 = grad_norm(jnp.int32(9))
-  bg10, fg10 = grad_norm(jnp.int32(10))
+  bg9, fg9 = norms(grads(jnp.int32(9))[1])
+  bg10, fg10 = norms(grads(jnp.int32(10))[1])
   assert float(bg9) == 0 and float(bg10) > 0
   assert float(fg9) > 0 and float(fg10) > 0
+  # The trainer's static stages (`training_stages`) compute the same.
+  assert model.training_stages() == (10,)
+  for step, stage in ((9, 0), (10, 1)):
+    chex.assert_trees_all_close(grads(jnp.int32(step), stage),
+                                grads(jnp.int32(step)), rtol=1e-5, atol=1e-8)
+  assert _model(background_training="joint").training_stages() == ()
+  assert _model(background_training="frozen").training_stages() == ()
+  assert _model(background_training="curriculum",
+                phase="background").training_stages() == ()
 
 
 def test_background_phase():

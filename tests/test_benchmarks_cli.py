@@ -267,8 +267,17 @@ def test_step_times_starts_each_train_step_counter(capsys):
                           "--batch=2", "--rounds=1",
                           "--train_steps=0,30000"]) == 0
   out = capsys.readouterr().out
-  assert "batch 2, step 0: median" in out
+  assert "batch 2, step 0: median" in out  # BT: no stages
   assert "batch 2, step 30000: median" in out
+  # The curriculum's two stages, each also without its stage.
+  assert step_times.main([
+      "--config=experiments/ast_seg.py:quick,tiny", "--batch=2",
+      "--rounds=1", "--train_steps=0,30000", "--without_stages",
+      "--config.model.background_training=\"curriculum\""]) == 0
+  out = capsys.readouterr().out
+  for name in ("step 0, stage 0", "step 0", "step 30000, stage 1",
+               "step 30000"):
+    assert f"batch 2, {name}: median" in out, name
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from ocjax import run as run_lib
 from ocjax.convert import ast_seg as ast_convert
 from ocjax.train import curriculum
 from ocjax.train import loop
+from ocjax.train import step as step_lib
 
 
 class Killed(Exception):
@@ -83,12 +84,25 @@ def test_bad_curriculum_sections_name_the_field():
 
 
 @pytest.mark.slow
-def test_resumes_after_a_kill_in_every_phase(tmp_path):
+def test_resumes_after_a_kill_in_every_phase(tmp_path, monkeypatch):
   """Killed in phase 1, between phase 1 and its export, in phase 2 and in
   phase 3; each time the same call resumes; phase 1 is never retrained once
-  exported, and the run starts from (and, while frozen, keeps) its weights."""
+  exported, and the run starts from (and, while frozen, keeps) its weights.
+  The trainer runs phases 2 and 3 as the model's two training stages."""
   workdir = str(tmp_path / "run")
   calls = []
+  stages = []  # (step, stage) of every training step the loop runs
+  make_train_step = step_lib.make_train_step
+
+  def recording(*args, **kwargs):
+    train_step = make_train_step(*args, **kwargs)
+
+    def wrapped(state, batch, stage=None):
+      stages.append((int(state.step), stage))
+      return train_step(state, batch, stage=stage)
+    return wrapped
+
+  monkeypatch.setattr(step_lib, "make_train_step", recording)
 
   def train_killed_at(step):
     def train(config, phase_dir):
@@ -124,6 +138,8 @@ def test_resumes_after_a_kill_in_every_phase(tmp_path):
   _, phase_params = _params(phase_dir)
   for name, value in ast_convert.background_weights(phase_params).items():
     np.testing.assert_array_equal(exported[name], value)
+  assert {stage for _, stage in stages} == {None}  # phase 1: no stages
+  stages.clear()
   # Phase 2 (background frozen up to step 2), killed at step 2.
   calls.clear()
   final = curriculum.prepare(config, workdir, train)
@@ -141,6 +157,9 @@ def test_resumes_after_a_kill_in_every_phase(tmp_path):
   assert calls == []
   step, params = _params(workdir)
   assert int(step) == config.train.num_steps
+  # Every step of phases 2 and 3 (step 2 twice: resumed from its
+  # checkpoint) in its stage.
+  assert sorted(set(stages)) == [(s, int(s >= 2)) for s in range(int(step))]
   changed = [not np.array_equal(exported[name], value) for name, value in
              ast_convert.background_weights(params).items()]
   assert any(changed)  # phase 3 trains the background too

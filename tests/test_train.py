@@ -436,6 +436,63 @@ def test_models_that_use_the_step_receive_it():
   assert float(out.losses["seen_step"][0]) == -1.0
 
 
+def test_training_stages_compile_one_step_each():
+  """A model declaring ``training_stages`` gets ``stage`` (static: the
+  number of boundaries <= step, `stage_of`) and each stage traces once;
+  without ``stage`` the call is the step-only one."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from ocjax.models import base  # pylint: disable=g-import-not-at-top
+  from ocjax.objectives import weighted_sum  # pylint: disable=g-import-not-at-top
+  from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  traced = []
+
+  class Staged(base.ObjectCentricModel):
+    uses_step = True
+
+    def training_stages(self):
+      return (2, 4)
+
+    @nn.compact
+    def __call__(self, batch, *, train=True, step=None, stage=None):
+      traced.append(stage)
+      x = batch["image"]
+      b = x.shape[0]
+      w = self.param("w", nn.initializers.ones, ())
+      seen = jnp.full((b,), -1.0 if stage is None else stage, jnp.float32)
+      return base.ModelOutput(
+          recon=x * w, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
+          components=x[:, None] * w,
+          losses={"fit": jnp.mean((x * w - 0.5) ** 2, axis=(1, 2, 3)),
+                  "seen_stage": jax.lax.stop_gradient(seen)},
+          latents=jnp.zeros((b, 1, 1)), segmentations={})
+
+  model, objective, tx = Staged(), weighted_sum.WeightedSum(), optax.sgd(0.1)
+  assert [step_lib.stage_of(model, s) for s in range(6)] == [0, 0, 1, 1, 2, 2]
+  assert step_lib.stage_of(base.ObjectCentricModel(), 5) is None
+  batch = {"image": jnp.ones((4, 2, 2, 3))}
+  for accum in (1, 2):
+    traced.clear()
+    state, plain = (step_lib.create_state(
+        step_lib.init_variables(model, batch, 0), tx, objective)
+                    for _ in range(2))  # separate buffers: both donated
+    train_step = step_lib.make_train_step(model, objective, tx, seed=0,
+                                          grad_accum_steps=accum)
+    seen = []
+    for s in range(6):
+      state, metrics = train_step(state, batch,
+                                  stage=step_lib.stage_of(model, s))
+      seen.append(float(metrics["seen_stage"]))
+      plain, _ = train_step(plain, batch)
+    assert seen == [0, 0, 1, 1, 2, 2], (accum, seen)
+    # One compilation per stage, and one without.
+    assert sorted(set(traced), key=str) == [0, 1, 2, None]
+    assert train_step._cache_size() == 4  # pylint: disable=protected-access
+    np.testing.assert_allclose(state.params["w"], plain.params["w"])
+
+
 def test_profile_steps_trace_into_tensorboard(tmp_path):
   config = tiny_config(3, **{"train.profile_steps": "2-3"})
   loop.train(config, str(tmp_path))

@@ -67,7 +67,8 @@ model's background autoencoder (`ocjax.nn.background_ae`, AE-NE [38]),
 ``BG(BE(255 x)) / 255``. ``background_training``:
 ``"curriculum"`` (CT: frozen, i.e. no gradient into it, while ``step <
 background_freeze_steps`` = 30k, then trained with the foreground: phases 2
-and 3), ``"frozen"`` (Table 4's "frozen pretrained background model") or
+and 3; the trainer compiles the two apart, `training_stages`, so phase 2's
+step computes no gradient of the autoencoder), ``"frozen"`` (Table 4's "frozen pretrained background model") or
 ``"joint"`` (BT: trained from the start). Phase 1, the background
 autoencoder's pretraining with its robust loss, is ``phase="background"``:
 only the autoencoder runs and the loss is ``background`` (the segmentation
@@ -286,6 +287,15 @@ class AstSeg(base.ObjectCentricModel):
   uses_step = True
   input_key = "image"
 
+  def training_stages(self) -> tuple[int, ...]:
+    """CT's phase 3 starts at ``background_freeze_steps`` (protocol,
+    `ocjax.models.base`): phase 2 then compiles without the background
+    autoencoder's gradients (1.4x faster per step on CPU, README)."""
+    if (self.phase == "objects" and self.background_model
+        and self.background_training == "curriculum"):
+      return (self.background_freeze_steps,)
+    return ()
+
   # ------------------------------------------------------------ settings
   @property
   def scaling_dim(self) -> int:
@@ -497,8 +507,10 @@ class AstSeg(base.ObjectCentricModel):
                 foreground_mask=1 - normalized[:, 0])
 
   # ------------------------------------------------------------ background
-  def _background(self, batch, x: Array, step: Array) -> Array:
-    """L_0 ``[B, H, W, 3]`` in [0, 1] (module doc)."""
+  def _background(self, batch, x: Array, step: Array,
+                  stage: int | None = None) -> Array:
+    """L_0 ``[B, H, W, 3]`` in [0, 1] (module doc); ``stage`` as in
+    `__call__`."""
     if "background" in batch:
       bg = jnp.asarray(batch["background"], self.dtype)
       if bg.shape[:3] != x.shape[:3] or bg.shape[-1] not in (3, 4):
@@ -515,6 +527,9 @@ class AstSeg(base.ObjectCentricModel):
     bg = out[..., :3] / 255
     if self.background_training == "frozen":
       return jax.lax.stop_gradient(bg)
+    if self.background_training == "curriculum" and stage is not None:
+      # Static: phase 2 compiles without the autoencoder's backward pass.
+      return jax.lax.stop_gradient(bg) if stage == 0 else bg
     if self.background_training == "curriculum":
       frozen = step < self.background_freeze_steps
       return jnp.where(frozen, jax.lax.stop_gradient(bg), bg)
@@ -540,7 +555,7 @@ class AstSeg(base.ObjectCentricModel):
 
   # ------------------------------------------------------------ forward
   def __call__(self, batch: dict[str, Array], *, train: bool = True,
-               step: Array | int | None = None,
+               step: Array | int | None = None, stage: int | None = None,
                probes: bool = False) -> base.ModelOutput:
     """Encodes, renders and scores a batch.
 
@@ -550,6 +565,9 @@ class AstSeg(base.ObjectCentricModel):
       train: BatchNorm batch statistics (and running-statistics updates when
         ``batch_stats`` is mutable), transformer dropout, the step counter.
       step: the training step for the entropy warm-up and the curriculum.
+      stage: the curriculum's stage, static (`training_stages`; the
+        trainer's): 0 phase 2, background frozen; 1 phase 3, trained.
+        None: read from ``step``.
       probes: record d loss / d intermediates (``perturbations``; tests).
     """
     image = batch[self.input_key]
@@ -563,7 +581,7 @@ class AstSeg(base.ObjectCentricModel):
     if self.phase == "background":
       return self._background_phase(x)
 
-    background = self._background(batch, x, step)
+    background = self._background(batch, x, step, stage)
     latents, attention_maps, log_attention = self.encode(
         x, train=train, probes=probes)
     r = self.render(latents, background, probes=probes)

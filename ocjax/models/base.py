@@ -27,6 +27,14 @@ module says: the model *declares*, as class attributes,
   loss-weight warm-up, a curriculum that freezes a part): training calls get
   ``step=`` the optimizer step (int32 scalar, the same for every
   micro-batch); other calls get ``step=None`` (the schedules' end).
+* ``training_stages()`` (a method; default none): the steps at which the
+  training call's computation changes shape, e.g. a part frozen for the
+  first N steps (no gradient to compute for it). With boundaries
+  ``(s_1, ..., s_n)`` the trainer compiles one step per stage and calls the
+  model with ``stage=i`` (a Python int, static: the number of boundaries
+  ``<= step``) besides ``step=``; a training call without ``stage`` (other
+  callers of `ocjax.train.step.make_train_step`) must compute the same
+  values from ``step`` alone.
 * ``predicts_frames`` (video models): ``__call__`` accepts
   ``observed_frames=n``; frames after the first n are predicted, not seen
   (``ocjax.eval.prediction``).
@@ -117,6 +125,11 @@ class ObjectCentricModel(nn.Module):
   uses_step: ClassVar[bool] = False
   predicts_frames: ClassVar[bool] = False
   xla_cpu_options: ClassVar[Mapping[str, str]] = {}
+
+  def training_stages(self) -> tuple[int, ...]:
+    """The steps where the training call's stage changes (module doc);
+    default none."""
+    return ()
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""

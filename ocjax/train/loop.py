@@ -230,6 +230,7 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
   last_checked = start
   metrics = {}
   step = start
+  compiled_stages = set()
   try:
     while step < tc.num_steps:
       if profile and step + 1 == profile[0] and jax.process_index() == 0:
@@ -238,12 +239,16 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       batch = next(batches)
       device_batch = mesh_lib.to_global(run_lib.model_inputs(batch),
                                         batch_sharding)
-      if step == start:  # Compilation is not training time.
+      # The model's stage (`step_lib.stage_of`): one compiled step each.
+      stage = step_lib.stage_of(run.model, step)
+      if step == start or stage not in compiled_stages:
+        # Compilation is not training time.
         with progress.paused():
-          state, metrics = train_step(state, device_batch)
+          state, metrics = train_step(state, device_batch, stage=stage)
           jax.block_until_ready(metrics)
+        compiled_stages.add(stage)
       else:
-        state, metrics = train_step(state, device_batch)
+        state, metrics = train_step(state, device_batch, stage=stage)
       finite = finite & jnp.isfinite(metrics["loss"]) & jnp.isfinite(
           metrics["grad_norm"])
       step += 1

@@ -111,27 +111,43 @@ def _global_norm(tree) -> Array:
                       for x in jax.tree.leaves(tree)))
 
 
+def stage_of(model, step: int) -> int | None:
+  """The model's training stage at host step ``step`` (the number of its
+  ``training_stages()`` boundaries ``<= step``), or None for a model without
+  stages."""
+  boundaries = tuple(getattr(model, "training_stages", tuple)())
+  if not boundaries:
+    return None
+  return sum(int(step) >= b for b in boundaries)
+
+
 def make_train_step(model, objective, tx, *, seed: int,
                     grad_accum_steps: int = 1,
                     state_sharding=None, batch_sharding=None,
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Builds ``train_step(state, batch) -> (state, metrics)``, jitted.
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """Builds ``train_step(state, batch, stage=None) -> (state, metrics)``,
+  jitted.
 
   ``state`` is donated. ``metrics`` are scalars: the objective's terms, the
   gradient and parameter norms. With ``grad_accum_steps = A`` the global batch
   is split into A micro-batches (rows ``a, a + A, ...``) whose gradients are
   averaged; the objective's state is updated once, from the averaged metrics.
+  ``stage`` (static; `stage_of` the host step, as the trainer passes it)
+  reaches models that declare ``training_stages`` (`ocjax.models.base`);
+  each stage compiles once. Without it they compute from ``step`` alone.
   """
   seed_key = purpose_key(seed, "train")
   streams = tuple(model.rng_streams)
   mutable = tuple(model.mutable_collections)
   uses_step = bool(getattr(model, "uses_step", False))
 
-  def apply(params, model_state, batch, key, step):
+  def apply(params, model_state, batch, key, step, *, stage=None):
     """``(outputs, new model_state)`` of one training call."""
     variables = {"params": params, **model_state}
     rngs = stream_rngs(key, streams)
     kwargs = {"step": step} if uses_step else {}
+    if stage is not None:
+      kwargs["stage"] = stage
     if mutable:
       outputs, updated = model.apply(variables, batch, rngs=rngs, train=True,
                                      mutable=list(mutable), **kwargs)
@@ -139,15 +155,17 @@ def make_train_step(model, objective, tx, *, seed: int,
     return (model.apply(variables, batch, rngs=rngs, train=True, **kwargs),
             model_state)
 
-  def loss_fn(params, model_state, batch, objective_state, key, step):
-    outputs, model_state = apply(params, model_state, batch, key, step)
+  def loss_fn(params, model_state, batch, objective_state, key, step, *,
+              stage=None):
+    outputs, model_state = apply(params, model_state, batch, key, step,
+                                 stage=stage)
     loss, new_objective_state, metrics = objective(outputs, objective_state)
     return loss, (new_objective_state, model_state, metrics)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def accumulate(state, batch, key):
+  def accumulate(state, batch, key, stage):
     a = grad_accum_steps
+    loss_at_stage = functools.partial(loss_fn, stage=stage)
+    grad_fn = jax.value_and_grad(loss_at_stage, has_aux=True)
 
     def split(x):  # [B, ...] -> [A, B / A, ...], micro-batch a = rows a::A
       x = x.reshape((x.shape[0] // a, a) + x.shape[1:])
@@ -168,10 +186,11 @@ def make_train_step(model, objective, tx, *, seed: int,
     first = jax.tree.map(lambda x: x[0], micro)
     zeros_g = jax.tree.map(jnp.zeros_like, state.params)
     _, (_, _, metrics0) = jax.eval_shape(
-        loss_fn, state.params, state.model_state, first,
+        loss_at_stage, state.params, state.model_state, first,
         state.objective_state, key, state.step)
     output_shapes = jax.eval_shape(
-        lambda p, m, b: apply(p, m, b, key, state.step)[0], state.params,
+        lambda p, m, b: apply(p, m, b, key, state.step, stage=stage)[0],
+        state.params,
         state.model_state, first)
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
     # Unrolled: XLA's CPU backend runs a rolled loop around the whole model
@@ -186,20 +205,24 @@ def make_train_step(model, objective, tx, *, seed: int,
     return grads, objective_state, model_state, metrics
 
   @functools.partial(jax.jit, donate_argnames=("state",),
+                     static_argnames=("stage",),
                      out_shardings=(state_sharding, None)
                      if state_sharding is not None else None,
                      compiler_options=xla_flags.model_options(model))
-  def train_step(state: TrainState, batch: dict[str, Array]):
+  def train_step(state: TrainState, batch: dict[str, Array],
+                 stage: int | None = None):
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     key = jax.random.fold_in(seed_key, state.step)
     if grad_accum_steps == 1:
+      grad_fn = jax.value_and_grad(functools.partial(loss_fn, stage=stage),
+                                   has_aux=True)
       (_, (objective_state, model_state, metrics)), grads = grad_fn(
           state.params, state.model_state, batch, state.objective_state, key,
           state.step)
     else:
       grads, objective_state, model_state, metrics = accumulate(
-          state, batch, key)
+          state, batch, key, stage)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=_global_norm(grads),
