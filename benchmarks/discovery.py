@@ -194,8 +194,7 @@ def main(argv=None) -> int:
   p.add_argument("--eval_every", type=int, default=250)
   p.add_argument("--eval_images", type=int, default=256)
   p.add_argument("--workdir", required=True)
-  args, rest = p.parse_known_args(argv)
-  overrides = compare._parse_overrides(rest)  # pylint: disable=protected-access
+  args, overrides = compare.parse_args_and_overrides(p, argv)
   models = [m for m in args.model.split(",") if m]
   datasets = [d for d in (args.dataset or "").split(",") if d] or [None]
   for d in datasets:

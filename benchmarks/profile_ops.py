@@ -126,15 +126,11 @@ def main(argv=None) -> int:
                  help="the train state's step counter")
   p.add_argument("--trace_dir", default=None,
                  help="where the trace goes (default: a temporary folder)")
-  args, rest = p.parse_known_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
   from ocjax import compare  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
-  try:
-    overrides = compare._parse_overrides(rest)  # pylint: disable=protected-access
-  except ValueError as e:
-    p.error(str(e))
+  args, overrides = compare.parse_args_and_overrides(p, argv)
   config = run_lib.load_experiment(args.config)
   with config.unlocked():
     common.set_fields(config, overrides)

@@ -78,11 +78,7 @@ def main(argv=None) -> int:
   p.add_argument("--without_stages", action="store_true",
                  help="also time each counter without the model's training "
                  "stage (models that declare training_stages)")
-  args, rest = p.parse_known_args(argv)
-  try:
-    overrides = compare._parse_overrides(rest)  # pylint: disable=protected-access
-  except ValueError as e:
-    p.error(str(e))
+  args, overrides = compare.parse_args_and_overrides(p, argv)
   sizes = [int(b) for b in args.batch.split(",")]
   counters = ([int(s) for s in args.train_steps.split(",")]
               if args.train_steps else [None])

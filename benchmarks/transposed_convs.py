@@ -186,11 +186,7 @@ def main(argv=None) -> int:
   p.add_argument("--train_step", type=int, default=None,
                  help="the train state's step counter (models that declare "
                  "uses_step)")
-  args, rest = p.parse_known_args(argv)
-  try:
-    overrides = compare._parse_overrides(rest)  # pylint: disable=protected-access
-  except ValueError as e:
-    p.error(str(e))
+  args, overrides = compare.parse_args_and_overrides(p, argv)
   config = run_lib.load_experiment(args.config)
   with config.unlocked():
     common.set_fields(config, overrides)

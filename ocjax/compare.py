@@ -180,6 +180,19 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
   return out
 
 
+def parse_args_and_overrides(parser: argparse.ArgumentParser,
+                             argv: Sequence[str] | None
+                             ) -> tuple[argparse.Namespace, dict[str, Any]]:
+  """``parser``'s arguments and the ``--config.section.field=value``
+  overrides among ``argv`` (JSON values, else strings); anything else is
+  the parser's usage error (exit 2)."""
+  args, rest = parser.parse_known_args(argv)
+  try:
+    return args, _parse_overrides(rest)
+  except ValueError as e:
+    parser.error(str(e))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m ocjax.compare",
                                    description=__doc__.splitlines()[0])

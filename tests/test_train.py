@@ -393,6 +393,23 @@ def test_micro_batches_are_chosen_automatically():
   assert resolve(fixed, 6, backend="gpu") == 3
 
 
+def _scale_model_output(x, w, *, target, **seen):
+  """The ModelOutput of a one-parameter model ``x * w`` fitting ``target``,
+  with each ``seen`` value (what the call received) as a loss term without
+  gradient."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ocjax.models import base  # pylint: disable=g-import-not-at-top
+  b = x.shape[0]
+  losses = {name: jax.lax.stop_gradient(jnp.full((b,), value, jnp.float32))
+            for name, value in seen.items()}
+  return base.ModelOutput(
+      recon=x * w, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
+      components=x[:, None] * w,
+      losses={"fit": jnp.mean((x * w - target) ** 2, axis=(1, 2, 3)),
+              **losses},
+      latents=jnp.zeros((b, 1, 1)), segmentations={})
+
+
 def test_models_that_use_the_step_receive_it():
   """uses_step: training calls get the optimizer step (before its update),
   the same for every micro-batch; other models get no step argument."""
@@ -408,16 +425,9 @@ def test_models_that_use_the_step_receive_it():
 
     @nn.compact
     def __call__(self, batch, *, train=True, step=None):
-      x = batch["image"]
-      b = x.shape[0]
       w = self.param("w", nn.initializers.ones, ())
-      seen = jnp.full((b,), -1.0 if step is None else step, jnp.float32)
-      return base.ModelOutput(
-          recon=x * w, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
-          components=x[:, None] * w,
-          losses={"fit": jnp.mean((x * w - x) ** 2, axis=(1, 2, 3)),
-                  "seen_step": jax.lax.stop_gradient(seen)},
-          latents=jnp.zeros((b, 1, 1)), segmentations={})
+      return _scale_model_output(batch["image"], w, target=batch["image"],
+                                 seen_step=-1.0 if step is None else step)
 
   model, objective, tx = Warmup(), weighted_sum.WeightedSum(), optax.sgd(0.1)
   batch = {"image": jnp.ones((4, 2, 2, 3))}
@@ -458,16 +468,9 @@ def test_training_stages_compile_one_step_each():
     @nn.compact
     def __call__(self, batch, *, train=True, step=None, stage=None):
       traced.append(stage)
-      x = batch["image"]
-      b = x.shape[0]
       w = self.param("w", nn.initializers.ones, ())
-      seen = jnp.full((b,), -1.0 if stage is None else stage, jnp.float32)
-      return base.ModelOutput(
-          recon=x * w, masks=jnp.ones((b, 1) + x.shape[1:3] + (1,)),
-          components=x[:, None] * w,
-          losses={"fit": jnp.mean((x * w - 0.5) ** 2, axis=(1, 2, 3)),
-                  "seen_stage": jax.lax.stop_gradient(seen)},
-          latents=jnp.zeros((b, 1, 1)), segmentations={})
+      return _scale_model_output(batch["image"], w, target=0.5,
+                                 seen_stage=-1.0 if stage is None else stage)
 
   model, objective, tx = Staged(), weighted_sum.WeightedSum(), optax.sgd(0.1)
   assert [step_lib.stage_of(model, s) for s in range(6)] == [0, 0, 1, 1, 2, 2]
