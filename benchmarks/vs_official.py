@@ -39,6 +39,7 @@ same precision.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -151,18 +152,22 @@ def our_step(images, *, image_size: int, num_slots: int, inference: bool,
   return step_closure(config, images, inference=inference)
 
 
-def step_closure(config, images, *, inference: bool, step: int | None = None):
+def step_closure(config, images, *, inference: bool, step: int | None = None,
+                 extra: dict | None = None):
   """Our jitted training step (or forward pass) of ``config`` on ``images``
   as a closure (its ``compiled`` attribute: the compiled computation);
   returns it, XLA's FLOP count of the compiled computation and the
   micro-batches. ``step`` sets the train state's step counter (the
-  trainer passes it to models that declare ``uses_step``)."""
+  trainer passes it to models that declare ``uses_step``) and the model's
+  training stage, as the trainer does (`ocjax.train.step.stage_of`);
+  ``extra`` holds further batch entries."""
   import jax  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
   from ocjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.build(config)
   state = run.init_state()
-  batch = {run.model.input_key: jax.numpy.asarray(images)}
+  batch = {run.model.input_key: jax.numpy.asarray(images),
+           **{k: jax.numpy.asarray(v) for k, v in (extra or {}).items()}}
   if inference:
     fn = run.apply_fn("eval")
     compiled = fn.lower(state.variables(), batch).compile()
@@ -176,10 +181,12 @@ def step_closure(config, images, *, inference: bool, step: int | None = None):
     state = state.replace(step=jax.numpy.int32(step))
   accum = step_lib.resolve_grad_accum(config.train, len(images),
                                       model=run.model)
-  train_step = step_lib.make_train_step(
-      run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum)
+  stage = step_lib.stage_of(run.model, 0 if step is None else step)
+  train_step = functools.partial(step_lib.make_train_step(
+      run.model, run.objective, run.tx, seed=0, grad_accum_steps=accum),
+                                 stage=stage)
   # The micro-batches are an unrolled loop: XLA counts every one.
-  compiled = train_step.lower(state, batch).compile()
+  compiled = train_step.func.lower(state, batch, stage=stage).compile()
   box = [state]
 
   def run_step():

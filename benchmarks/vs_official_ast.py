@@ -2,7 +2,8 @@ r"""AST-Seg against the official PyTorch implementation, side by side.
 
     python benchmarks/vs_official_ast.py --official_dir=DIR [--batch=8,32] \
         [--rounds=7] [--inference] [--parts] [--grad_accum=auto] [--threads=0] \
-        [--device=auto] [--precision=float32]
+        [--device=auto] [--precision=float32] [--phase=3 | --phase=2 \
+        [--given_background]]
 
 ``DIR`` (or the environment variable ``AST_OFFICIAL``) is a checkout of the
 official code (MIT licence; never copied into this repository, it is
@@ -64,6 +65,16 @@ while FlopCounterMode does not count ``grid_sample``. With
 ``--inference`` ours also computes the model's evaluation outputs (the
 attention segmentation and the argmax of the masks) besides the losses.
 
+``--phase=2`` times the curriculum's phase 2 instead, at training step
+20,000 (background frozen, the entropy term at full weight): the official
+loop body reads the background (with its error channel) from the dataset,
+precomputed by the frozen autoencoder, and Adam updates only ``netE`` and
+``netG``; ours is the step the trainer runs in phase 2 (the model's stage
+0: the frozen autoencoder's forward pass, no gradient of it). With
+``--given_background`` ours reads the same precomputed background as a
+batch entry ``background`` instead, as the official phase 2 does (Adam
+still updates the whole state, the background's gradients zero).
+
 On a GPU (``--device=cuda``; ``auto``, the default, takes it when torch sees
 one) the official networks and images live on CUDA (torch's default device,
 and ``args.device`` of MF_config, as its training script sets it) and our
@@ -114,6 +125,9 @@ ISOTROPIC_SCALING = True
 BACKGROUND_COMPLEXITY = True  # background/config.py's default (ShapeStacks)
 # A training step in phase 3 with the entropy term at full weight.
 STEP = 30_000
+# A training step in phase 2 (background frozen up to 30k), past the
+# entropy warm-up (10k).
+PHASE2_STEP = 20_000
 
 
 def _ensure_transformers() -> None:
@@ -219,20 +233,34 @@ def official_model(official_dir: str, *, image_size: int, num_slots: int,
   return nets, args
 
 
+def official_background(nets, images):
+  """``BG(BE(255 x)) / 255`` ``[B, 4, H, W]`` of the (frozen) background
+  autoencoder, without gradients: what the official phase 2 reads from its
+  dataset files."""
+  import torch  # pylint: disable=g-import-not-at-top
+  _, _, net_be, net_bg = nets
+  net_be.eval()
+  net_bg.eval()
+  with torch.no_grad():
+    return (1 / 255) * net_bg(net_be(255 * _torch_images(images)))
+
+
 def official_step(official_dir: str, nets, args, images, *, inference: bool,
-                  step: int = STEP, precision: str = "float32"):
-  """A closure running one official phase-3 training step (or forward
-  pass), as MF_train.object_train's loop body (module doc), on torch's
-  default device (`vs_official.set_device`)."""
+                  step: int = STEP, precision: str = "float32",
+                  background=None):
+  """A closure running one official training step (or forward pass), as
+  MF_train.object_train's loop body (module doc), on torch's default device
+  (`vs_official.set_device`): phase 3's, or with ``background``
+  (`official_background`) phase 2's."""
   import torch  # pylint: disable=g-import-not-at-top
   net_e, net_g, net_be, net_bg = nets
   x = _torch_images(images)
   autocast = lambda: torch.autocast(  # pylint: disable=g-long-lambda
       x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
   losses = _official_losses(official_dir, args)
+  trained = (net_g, net_e) + ((net_bg, net_be) if background is None else ())
   optimiser = torch.optim.Adam(
-      [{"params": net_g.parameters()}, {"params": net_e.parameters()},
-       {"params": net_bg.parameters()}, {"params": net_be.parameters()}],
+      [{"params": net.parameters()} for net in trained],
       lr=args.learning_rate, betas=(0.90, 0.98), eps=1e-9,
       weight_decay=args.object_detection_weight_decay)
   warmup_ratio = min(1, step / args.pixel_entropy_loss_full_activation_step
@@ -242,7 +270,8 @@ def official_step(official_dir: str, nets, args, images, *, inference: bool,
 
   def loss_of_batch():
     with autocast():
-      background_with_error = (1 / 255) * net_bg(net_be(255 * x))
+      background_with_error = (background if background is not None else
+                               (1 / 255) * net_bg(net_be(255 * x)))
       latents = net_e(x)
       recon, _, _, activation_layers = net_g(latents,
                                              background_with_error[:, :3])
@@ -252,7 +281,7 @@ def official_step(official_dir: str, nets, args, images, *, inference: bool,
                              * warmup_ratio)
 
   def train():
-    for net in (net_be, net_bg, net_e, net_g):
+    for net in trained:
       net.zero_grad()
     loss = loss_of_batch()
     loss.backward()
@@ -274,8 +303,10 @@ def _torch_images(images):
 
 
 def our_config(*, image_size: int, num_slots: int, batch_size: int,
-               grad_accum: int | str, precision: str = "float32"):
-  """``experiments/ast_seg.py:shapestacks`` with the compared settings."""
+               grad_accum: int | str, precision: str = "float32",
+               phase: int = 3):
+  """``experiments/ast_seg.py:shapestacks`` with the compared settings
+  (phase 3: the background trained jointly; phase 2: the curriculum)."""
   from experiments import common  # pylint: disable=g-import-not-at-top
   from ocjax import run as run_lib  # pylint: disable=g-import-not-at-top
   config = run_lib.load_experiment(f"experiments/ast_seg.py:{PRESET}")
@@ -285,7 +316,7 @@ def our_config(*, image_size: int, num_slots: int, batch_size: int,
         "model.num_slots": num_slots,
         "model.isotropic_scaling": ISOTROPIC_SCALING,
         "model.feature_generator": "unet",
-        "model.background_training": "joint",
+        "model.background_training": "joint" if phase == 3 else "curriculum",
         "model.background_complexity": BACKGROUND_COMPLEXITY,
         "model.dtype": vs.model_dtype(precision),
         "train.batch_size": batch_size})
@@ -294,23 +325,36 @@ def our_config(*, image_size: int, num_slots: int, batch_size: int,
   return config
 
 
-def our_step(config, images, *, inference: bool, step: int = STEP):
+def our_step(config, images, *, inference: bool, step: int = STEP,
+             background=None):
   """Our jitted training step (or forward pass) at training step ``step``
-  (`vs_official.step_closure`): the closure, XLA's FLOP count and the
-  micro-batches."""
-  return vs.step_closure(config, images, inference=inference, step=step)
+  (`vs_official.step_closure`; ``background`` ``[B, H, W, 4]``: the batch
+  entry): the closure, XLA's FLOP count and the micro-batches."""
+  extra = None if background is None else {"background": background}
+  return vs.step_closure(config, images, inference=inference, step=step,
+                         extra=extra)
 
 
-def describe(config, *, inference: bool) -> str:
+def describe(config, *, inference: bool, phase: int = 3,
+             given_background: bool = False) -> str:
   """The compared model, from our config (the official one is set alike)."""
   from ocjax import models  # pylint: disable=g-import-not-at-top
   m, o = config.model, config.optimizer
   widths = tuple(m.unet_widths) or "Table 8"
   what = (f"{'complex' if m.background_complexity else 'simple'} "
           f"background, ")
-  what += ("evaluation mode" if inference else
-           f"trained jointly (phase 3, step {STEP}), Adam lr "
-           f"{o.learning_rate:g} betas {o.b1:g} / {o.b2:g} eps {o.eps:g}")
+  if inference:
+    what += "evaluation mode"
+  elif phase == 3:
+    what += f"trained jointly (phase 3, step {STEP})"
+  else:
+    what += (f"frozen (phase 2, step {PHASE2_STEP}; ours "
+             + ("reads it precomputed, as the official code"
+                if given_background else "computes it, theirs reads it")
+             + ")")
+  if not inference:
+    what += (f", Adam lr {o.learning_rate:g} betas {o.b1:g} / {o.b2:g} eps "
+             f"{o.eps:g}")
   return (f"{m.image_size}x{m.image_size}, K={m.num_slots}, "
           f"{'isotropic' if m.isotropic_scaling else 'anisotropic'}, "
           f"U-Net {widths}, transformer d={m.transformer_dim} "
@@ -383,7 +427,18 @@ def main(argv=None) -> int:
   p.add_argument("--parts", action="store_true",
                  help="also time the background autoencoder and the U-Net "
                  "alone (forward, evaluation mode) at each batch")
+  p.add_argument("--phase", type=int, default=3, choices=(2, 3),
+                 help="the curriculum phase of the training step (module "
+                 "doc)")
+  p.add_argument("--given_background", action="store_true",
+                 help="phase 2: ours reads the precomputed background too")
   args = p.parse_args(argv)
+  if args.inference and args.phase != 3:
+    p.error("--phase=2 times a training step; --inference is the same "
+            "forward pass in both phases")
+  if args.given_background and args.phase != 2:
+    p.error("--given_background applies to --phase=2 (the official phase "
+            "2 reads precomputed backgrounds)")
   if not args.official_dir or not os.path.isfile(
       os.path.join(args.official_dir, "MF_models_encoder.py")):
     print(HOW_TO_GET, file=sys.stderr)
@@ -403,8 +458,9 @@ def main(argv=None) -> int:
   batches = [int(v) for v in args.batch.split(",")]
   print(f"AST-Seg {what}, " + describe(our_config(
       image_size=args.image_size, num_slots=args.num_slots,
-      batch_size=batches[0], grad_accum=args.grad_accum),
-      inference=args.inference))
+      batch_size=batches[0], grad_accum=args.grad_accum, phase=args.phase),
+      inference=args.inference, phase=args.phase,
+      given_background=args.given_background))
   print(vs.machine(torch, peak, args.precision))
   print(vs.TABLE_HEAD)
   rng = np.random.default_rng(0)
@@ -415,14 +471,19 @@ def main(argv=None) -> int:
     nets, official_args = official_model(
         args.official_dir, image_size=args.image_size,
         num_slots=args.num_slots, batch_size=b)
+    step, background = STEP, None
+    if args.phase == 2:
+      step, background = PHASE2_STEP, official_background(nets, images)
     theirs = official_step(args.official_dir, nets, official_args, images,
-                           inference=args.inference,
-                           precision=args.precision)
+                           inference=args.inference, step=step,
+                           precision=args.precision, background=background)
     ours, flops, accum = our_step(
         our_config(image_size=args.image_size, num_slots=args.num_slots,
                    batch_size=b, grad_accum=args.grad_accum,
-                   precision=args.precision),
-        images, inference=args.inference)
+                   precision=args.precision, phase=args.phase),
+        images, inference=args.inference, step=step,
+        background=(background.float().cpu().numpy().transpose(0, 2, 3, 1)
+                    if args.given_background else None))
     if torch.cuda.is_available():
       torch.cuda.reset_peak_memory_stats()
     t_ours, t_theirs, their_flops = vs.compare(ours, theirs, args.rounds)

@@ -180,6 +180,15 @@ def test_vs_official_names_a_bad_precision_or_device(module, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_vs_official_ast_phase_flags_name_what_they_apply_to(capsys):
+  for bad, says in ((["--phase=2", "--inference"], "--phase=2 times a training"),
+                    (["--given_background"], "--given_background applies to"),
+                    (["--phase=1"], "invalid choice")):
+    with pytest.raises(SystemExit):
+      vs_official_ast.main(["--official_dir=.", *bad])
+    assert says in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module", [vs_official, vs_official_ast])
 def test_vs_official_on_cuda_without_a_gpu_says_so(module, monkeypatch,
                                                    capsys, tmp_path):
