@@ -67,6 +67,13 @@ def test_declarations(built):
   assert model.reported_segmentation in model.segmentation_names
   assert len(set(model.rng_streams)) == len(model.rng_streams)
   assert "params" not in model.rng_streams
+  # Training stages: increasing positive steps, only for step-aware models
+  # (`step_lib.stage_of` counts the boundaries at or below the step).
+  stages = model.training_stages()
+  assert isinstance(stages, tuple) and list(stages) == sorted(set(stages))
+  assert all(isinstance(b, int) and b > 0 for b in stages)
+  assert not stages or model.uses_step
+  assert step_lib.stage_of(model, 0) == (0 if stages else None)
   # Built from its config section, field by field.
   assert type(model) is models.model_class(config.model.name)
 
