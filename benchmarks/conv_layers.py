@@ -1,7 +1,7 @@
 r"""Every convolution of a model, timed alone: XLA's against im2col + matmul.
 
     python benchmarks/conv_layers.py --config=experiments/ast_seg.py:shapestacks \
-        --batch=8 [--rounds=5] [--grad] [--layers=N]
+        --batch=8 [--rounds=5] [--grad] [--layers=N] [--torch]
 
 Records the shapes of every `ocjax.nn.conv.conv2d` call of the model's
 forward pass at ``--batch`` (tracing only; convolutions the model computes
@@ -9,7 +9,9 @@ elsewhere, e.g. Flax's ``nn.Conv``, are not seen), then times each distinct
 convolution alone, jitted, XLA's ``conv_general_dilated`` and im2col + one
 matmul alternating ``--rounds`` times, and prints the medians, their ratio,
 the achieved GFLOP/s and its fraction of the peak of a large convolution
-measured in the same run. With ``--grad`` it times the gradient with
+measured in the same run. With ``--torch`` PyTorch's ``conv2d`` (NCHW, as the
+official codes call it, all CPU threads) of the same shapes alternates with
+them, and ``model/torch`` says where our layer is slower than theirs. With ``--grad`` it times the gradient with
 respect to input and kernel instead, with XLA's kernel-gradient convolution
 against the kernel gradient as a matmul (`conv2d`'s ``matmul_grad``; stride 1
 only; on small maps the matmul forward, differentiated). The column
@@ -111,6 +113,43 @@ def candidates(call: dict, grad: bool) -> dict:
           "matmul": gradient(matmul_conv if small_map(call) else grad_conv)}
 
 
+def torch_candidate(call: dict, grad: bool, x: np.ndarray, k: np.ndarray):
+  """PyTorch's ``conv2d`` of ``call`` on NCHW copies of ``x`` [B, H, W, C]
+  and ``k`` [kh, kw, C, O] (its forward, or forward and both gradients),
+  as a function of no arguments that returns when the work is done. Padding
+  is symmetric in the models' convolutions; an asymmetric one is padded
+  explicitly first."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  xt = torch.from_numpy(np.ascontiguousarray(
+      np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+  kt = torch.from_numpy(np.ascontiguousarray(
+      np.asarray(k, np.float32).transpose(3, 2, 0, 1)))
+  (ly, hy), (lx, hx) = call["padding"]
+  symmetric = ly == hy and lx == hx and min(ly, lx) >= 0
+  pad = (ly, lx) if symmetric else 0
+
+  def forward(xt, kt):
+    if not symmetric:
+      xt = F.pad(xt, (lx, hx, ly, hy))
+    return F.conv2d(xt, kt, stride=call["strides"], padding=pad)
+
+  if not grad:
+    def run():
+      with torch.no_grad():
+        return forward(xt, kt)
+    return run
+  xt.requires_grad_(True)
+  kt.requires_grad_(True)
+
+  def run_grad():
+    xt.grad = kt.grad = None
+    (forward(xt, kt) ** 2).sum().backward()
+    return kt.grad
+  return run_grad
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--config", required=True,
@@ -121,6 +160,8 @@ def main(argv=None) -> int:
                  help="time the gradients (input and kernel)")
   p.add_argument("--layers", type=int, default=0,
                  help="time only the first N distinct convolutions (0: all)")
+  p.add_argument("--torch", action="store_true",
+                 help="time PyTorch's conv2d of the same shapes beside ours")
   args = p.parse_args(argv)
   calls = record_convolutions(args.config, args.batch)
   if args.layers > 0:
@@ -135,8 +176,10 @@ def main(argv=None) -> int:
         f"peak (a large 3x3 convolution, this run) {peak / 1e9:.0f} GFLOP/s")
   print(f"{'x':>20} {'kernel':>18} {'stride':>6} {'model':>6} "
         f"{'xla ms':>8} {'matmul ms':>9} {'matmul/xla':>10} "
-        f"{'GFLOP/s':>8} {'of peak':>7}")
-  totals = {"xla": 0.0, "matmul": 0.0, "model": 0.0, "best": 0.0}
+        f"{'GFLOP/s':>8} {'of peak':>7}"
+        + (f" {'torch ms':>8} {'model/torch':>11}" if args.torch else ""))
+  totals = {"xla": 0.0, "matmul": 0.0, "model": 0.0, "best": 0.0,
+            "torch": 0.0}
   key = jax.random.key(0)
   for i, call in enumerate(calls):
     if args.grad and call["strides"] != (1, 1) and not small_map(call):
@@ -147,6 +190,9 @@ def main(argv=None) -> int:
     k = (jax.random.normal(kk, call["kernel"], dtype)
          / np.sqrt(np.prod(call["kernel"][:3])))
     fns = candidates(call, args.grad)
+    if args.torch:
+      run_torch = torch_candidate(call, args.grad, x, k)
+      fns["torch"] = lambda x, k, run_torch=run_torch: run_torch()
     times = {name: [] for name in fns}
     for fn in fns.values():
       jax.block_until_ready(fn(x, k))  # compiles
@@ -164,17 +210,21 @@ def main(argv=None) -> int:
     for name in ("xla", "matmul"):
       totals[name] += med[name]
     totals["model"] += med[used]
-    totals["best"] += min(med.values())
+    totals["best"] += min(med["xla"], med["matmul"])
     work = flops(call) * (3.0 if args.grad else 1.0)  # forward + 2 grads
     rate = work / med[used]
     print(f"{str(call['x']):>20} {str(call['kernel']):>18} "
           f"{str(call['strides'][0]):>6} {used:>6} {med['xla'] * 1e3:8.1f} "
           f"{med['matmul'] * 1e3:9.1f} {med['matmul'] / med['xla']:10.2f} "
-          f"{rate / 1e9:8.1f} {rate / peak:7.1%}", flush=True)
+          f"{rate / 1e9:8.1f} {rate / peak:7.1%}"
+          + (f" {med['torch'] * 1e3:8.1f} {med[used] / med['torch']:11.2f}"
+             if args.torch else ""), flush=True)
+    totals["torch"] += med.get("torch", 0.0)
   print(f"total ms: all XLA {totals['xla'] * 1e3:.1f}, all matmul "
         f"{totals['matmul'] * 1e3:.1f}, the model's choices "
         f"{totals['model'] * 1e3:.1f}, the faster of the two per layer "
-        f"{totals['best'] * 1e3:.1f}")
+        f"{totals['best'] * 1e3:.1f}"
+        + (f", PyTorch {totals['torch'] * 1e3:.1f}" if args.torch else ""))
   return 0
 
 

@@ -2,6 +2,7 @@ r"""Training-step time of experiments at several batch sizes, alternating.
 
     python benchmarks/step_times.py --config=experiments/provide.py:quick \
         --batch=8,4 [--rounds=6] [--train_steps=0,30000] [--without_stages] \
+        [--without_frozen] \
         [--config.x.y=v ...]
 
 Builds the experiment's training step for each batch size (micro-batches as
@@ -16,7 +17,9 @@ side runs the model's training stage at its counter as the trainer does
 (`ocjax.train.step.stage_of`: AST-Seg's phase 2 compiles without the
 background's gradients); ``--without_stages`` adds, for a model that has
 stages, the same side without one (the step-only computation, equal in
-value). ``--config.x.y=v`` sets any field (JSON values). Alternating in one
+value); ``--without_frozen`` adds, where the stage freezes parameters
+(``frozen_parameters``), the same side with the optimizer updating them too
+(``make_train_step(skip_frozen=False)``, equal in value). ``--config.x.y=v`` sets any field (JSON values). Alternating in one
 process is the comparison this machine allows: its speed drifts by 20% or
 more between runs.
 """
@@ -45,9 +48,10 @@ from ocjax.train import step as step_lib
 
 
 def build_step(experiment: str, batch_size: int,
-               overrides: dict | None = None):
+               overrides: dict | None = None, skip_frozen: bool = True):
   """``(step, state, batch, micro-batches, model)`` of ``experiment`` (with
-  the fields ``overrides``) at a batch."""
+  the fields ``overrides``) at a batch; ``skip_frozen`` as in
+  `ocjax.train.step.make_train_step`."""
   config = run_lib.load_experiment(experiment)
   with config.unlocked():
     common.set_fields(config, dict(overrides or {}))
@@ -61,7 +65,8 @@ def build_step(experiment: str, batch_size: int,
   accum = step_lib.resolve_grad_accum(config.train, batch_size,
                                       model=run.model)
   step = step_lib.make_train_step(run.model, run.objective, run.tx, seed=0,
-                                  grad_accum_steps=accum)
+                                  grad_accum_steps=accum,
+                                  skip_frozen=skip_frozen)
   return (step, run.init_state(),
           {run.model.input_key: jax.numpy.asarray(x)}, accum, run.model)
 
@@ -78,6 +83,9 @@ def main(argv=None) -> int:
   p.add_argument("--without_stages", action="store_true",
                  help="also time each counter without the model's training "
                  "stage (models that declare training_stages)")
+  p.add_argument("--without_frozen", action="store_true",
+                 help="also time each side whose stage freezes parameters "
+                 "with the optimizer updating them too")
   args, overrides = compare.parse_args_and_overrides(p, argv)
   sizes = [int(b) for b in args.batch.split(",")]
   counters = ([int(s) for s in args.train_steps.split(",")]
@@ -85,18 +93,23 @@ def main(argv=None) -> int:
   sides, names = [], []
   for b in sizes:
     step, state0, batch, accum, model = build_step(args.config, b, overrides)
+    full_step = (build_step(args.config, b, overrides, skip_frozen=False)[0]
+                 if args.without_frozen else None)
     for counter in counters:
       stage = step_lib.stage_of(model, int(state0.step) if counter is None
                                 else counter)
       stages = [stage, None] if (
           args.without_stages and stage is not None) else [stage]
-      for s in stages:
+      variants = [(s, step, "") for s in stages]
+      if full_step is not None and step_lib.frozen_of(model, stage):
+        variants.append((stage, full_step, ", frozen parameters updated"))
+      for s, step_fn, note in variants:
         name = f"batch {b}" + ("" if counter is None else f", step {counter}")
-        name += "" if s is None else f", stage {s}"
+        name += ("" if s is None else f", stage {s}") + note
         state = jax.tree.map(jax.numpy.copy, state0)  # the step donates it
         if counter is not None:
           state = state.replace(step=jax.numpy.int32(counter))
-        fn = functools.partial(step, stage=s)
+        fn = functools.partial(step_fn, stage=s)
         start = time.perf_counter()
         for _ in range(2):  # compiles (the second call sees its output)
           state, metrics = fn(state, batch)

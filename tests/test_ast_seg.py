@@ -471,6 +471,14 @@ def test_curriculum_through_the_loss():
   assert _model(background_training="frozen").training_stages() == ()
   assert _model(background_training="curriculum",
                 phase="background").training_stages() == ()
+  # The trainer leaves the autoencoder out of phase 2's Adam update.
+  assert model.frozen_parameters(0) == ("background_ae",)
+  assert model.frozen_parameters(1) == model.frozen_parameters(None) == ()
+  assert _model(background_training="frozen").frozen_parameters() == (
+      "background_ae",)
+  assert _model(background_training="joint").frozen_parameters(0) == ()
+  assert _model(background_training="curriculum",
+                phase="background").frozen_parameters(0) == ()
 
 
 def test_background_phase():

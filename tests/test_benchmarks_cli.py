@@ -287,6 +287,14 @@ def test_step_times_starts_each_train_step_counter(capsys):
   for name in ("step 0, stage 0", "step 0", "step 30000, stage 1",
                "step 30000"):
     assert f"batch 2, {name}: median" in out, name
+  # Phase 2 freezes the autoencoder: also timed with it updated.
+  assert step_times.main([
+      "--config=experiments/ast_seg.py:quick,tiny", "--batch=2",
+      "--rounds=1", "--train_steps=0,30000", "--without_frozen",
+      "--config.model.background_training=\"curriculum\""]) == 0
+  out = capsys.readouterr().out
+  assert "batch 2, step 0, stage 0, frozen parameters updated: median" in out
+  assert "step 30000, stage 1, frozen" not in out
 
 
 @pytest.mark.parametrize(
@@ -329,3 +337,35 @@ def test_conv_layers_times_each_convolution_of_a_model(capsys, grad):
   rows = [l for l in out.splitlines() if l.strip().startswith("(2,")]
   used = re.search(r"\)\s+\d+\s+(xla|matmul)\s", rows[-1])
   assert used and used.group(1) == "matmul", rows  # the small map's
+
+
+def test_conv_layers_beside_torch(capsys):
+  """``--torch``: PyTorch's conv2d of the same shapes (its forward equal to
+  ours, padding asymmetric or not) timed beside ours."""
+  pytest.importorskip("torch")
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import conv_layers  # pylint: disable=g-import-not-at-top
+  from ocjax.nn import conv  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.random((2, 7, 6, 3), np.float32)
+  k = rng.random((3, 3, 3, 4), np.float32)
+  for padding, strides in ((((1, 1), (1, 1)), (1, 1)),
+                           (((0, 1), (1, 0)), (2, 2))):
+    call = dict(padding=padding, strides=strides)
+    for grad in (False, True):
+      out = conv_layers.torch_candidate(call, grad, x, k)()
+      if grad:  # d sum(y^2) / d kernel, [C_out, C_in, kh, kw]
+        ours = jax.grad(lambda k: jnp.sum(conv.conv2d(  # pylint: disable=cell-var-from-loop
+            jnp.asarray(x), k, padding, strides) ** 2))(jnp.asarray(k))
+        np.testing.assert_allclose(out.numpy().transpose(2, 3, 1, 0), ours,
+                                   rtol=1e-4)
+      else:
+        ours = conv.conv2d(jnp.asarray(x), jnp.asarray(k), padding, strides)
+        np.testing.assert_allclose(out.numpy().transpose(0, 2, 3, 1), ours,
+                                   rtol=1e-5, atol=1e-5)
+  assert conv_layers.main(["--config=experiments/ast_seg.py:quick,tiny",
+                           "--batch=2", "--rounds=1", "--layers=2",
+                           "--torch"]) == 0
+  out = capsys.readouterr().out
+  assert "model/torch" in out and ", PyTorch " in out

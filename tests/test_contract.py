@@ -74,6 +74,12 @@ def test_declarations(built):
   assert all(isinstance(b, int) and b > 0 for b in stages)
   assert not stages or model.uses_step
   assert step_lib.stage_of(model, 0) == (0 if stages else None)
+  # Frozen parameters (per stage, None without stages) are top-level
+  # entries of its params.
+  params = jax.eval_shape(run.init_state).params
+  for stage in (None,) + tuple(range(len(stages) + 1)):
+    frozen = step_lib.frozen_of(model, stage)
+    assert isinstance(frozen, tuple) and set(frozen) <= set(params), frozen
   # Built from its config section, field by field.
   assert type(model) is models.model_class(config.model.name)
 

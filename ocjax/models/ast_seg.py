@@ -296,6 +296,17 @@ class AstSeg(base.ObjectCentricModel):
       return (self.background_freeze_steps,)
     return ()
 
+  def frozen_parameters(self, stage: int | None = None) -> tuple[str, ...]:
+    """The background autoencoder in CT's phase 2 (stage 0) and in the
+    frozen ablation (protocol): no gradient reaches it there, and the
+    trainer skips its Adam update."""
+    if self.phase != "objects" or not self.background_model:
+      return ()
+    if (self.background_training == "frozen"
+        or (self.background_training == "curriculum" and stage == 0)):
+      return ("background_ae",)
+    return ()
+
   # ------------------------------------------------------------ settings
   @property
   def scaling_dim(self) -> int:

@@ -35,6 +35,12 @@ module says: the model *declares*, as class attributes,
   ``<= step``) besides ``step=``; a training call without ``stage`` (other
   callers of `ocjax.train.step.make_train_step`) must compute the same
   values from ``step`` alone.
+* ``frozen_parameters(stage)`` (a method; default none): the top-level
+  ``params`` entries to which the training call at ``stage`` (None for a
+  model without stages or a call without one) sends no gradient, from the
+  first step they are frozen on; the trainer leaves them and their optimizer
+  state out of the update (`ocjax.train.step.apply_optimizer`), e.g. the
+  autoencoder of AST-Seg's phase 2.
 * ``predicts_frames`` (video models): ``__call__`` accepts
   ``observed_frames=n``; frames after the first n are predicted, not seen
   (``ocjax.eval.prediction``).
@@ -129,6 +135,12 @@ class ObjectCentricModel(nn.Module):
   def training_stages(self) -> tuple[int, ...]:
     """The steps where the training call's stage changes (module doc);
     default none."""
+    return ()
+
+  def frozen_parameters(self, stage: int | None = None) -> tuple[str, ...]:
+    """The top-level ``params`` entries without a gradient at ``stage``
+    (module doc); default none."""
+    del stage
     return ()
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:

@@ -121,9 +121,66 @@ def stage_of(model, step: int) -> int | None:
   return sum(int(step) >= b for b in boundaries)
 
 
+def frozen_of(model, stage: int | None) -> tuple[str, ...]:
+  """The top-level ``params`` entries the model's training call at ``stage``
+  gives no gradient (its ``frozen_parameters``, `ocjax.models.base`)."""
+  declared = getattr(model, "frozen_parameters", None)
+  return tuple(declared(stage)) if declared is not None else ()
+
+
+def _frozen_mask(params, names: tuple[str, ...]):
+  """Booleans shaped like ``params``: True under the top-level ``names``."""
+  unknown = sorted(set(names) - set(params))
+  if unknown:
+    raise ValueError(
+        f"frozen_parameters names {unknown}, which are not top-level "
+        f"entries of the model's params {sorted(params)}.")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[0].key in names, params)
+
+
+def _stand_in(tree, mask):
+  """``tree`` with its masked leaves replaced by scalar zeros."""
+  return jax.tree.map(lambda x, m: jnp.zeros((), x.dtype) if m else x,
+                      tree, mask)
+
+
+def _keep(new, old, mask):
+  """``new`` with its masked leaves taken from ``old``."""
+  return jax.tree.map(lambda n, o, m: o if m else n, new, old, mask)
+
+
+def apply_optimizer(tx, grads, params, opt_state, frozen: tuple[str, ...]):
+  """``(params, opt_state)`` after one update of ``tx``.
+
+  The top-level ``params`` entries named in ``frozen`` (whose gradient is
+  zero) and the optimizer state that mirrors them are kept as they are: the
+  optimizer updates scalar stand-ins instead, so a frozen part costs no
+  optimizer arithmetic (the autoencoder of AST-Seg's phase 2: about 40M
+  parameters, their two Adam moments). That equals the full update wherever
+  the optimizer leaves a parameter with zero gradient and zero state
+  unchanged (Adam, SGD, gradient clipping; not weight decay or a momentum
+  left over from earlier training), as it does for a part frozen from its
+  first step.
+  """
+  if not frozen:
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  mask = _frozen_mask(params, frozen)
+  state_mask = optax.tree_utils.tree_map_params(
+      tx, lambda _, m: m, opt_state, mask,
+      transform_non_params=lambda v: jax.tree.map(lambda _: False, v))
+  params_in = _stand_in(params, mask)
+  updates, new_state = tx.update(_stand_in(grads, mask),
+                                 _stand_in(opt_state, state_mask), params_in)
+  return (_keep(optax.apply_updates(params_in, updates), params, mask),
+          _keep(new_state, opt_state, state_mask))
+
+
 def make_train_step(model, objective, tx, *, seed: int,
                     grad_accum_steps: int = 1,
                     state_sharding=None, batch_sharding=None,
+                    skip_frozen: bool = True,
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds ``train_step(state, batch, stage=None) -> (state, metrics)``,
   jitted.
@@ -135,11 +192,16 @@ def make_train_step(model, objective, tx, *, seed: int,
   ``stage`` (static; `stage_of` the host step, as the trainer passes it)
   reaches models that declare ``training_stages`` (`ocjax.models.base`);
   each stage compiles once. Without it they compute from ``step`` alone.
+  The parameters a stage freezes (``frozen_parameters``) are left out of
+  the optimizer's update (`apply_optimizer`); ``skip_frozen=False`` updates
+  them as any other (the same values for Adam; benchmarks compare the two).
   """
   seed_key = purpose_key(seed, "train")
   streams = tuple(model.rng_streams)
   mutable = tuple(model.mutable_collections)
   uses_step = bool(getattr(model, "uses_step", False))
+  frozen_at = (lambda stage: frozen_of(model, stage)) if skip_frozen else (
+      lambda stage: ())
 
   def apply(params, model_state, batch, key, step, *, stage=None):
     """``(outputs, new model_state)`` of one training call."""
@@ -164,6 +226,8 @@ def make_train_step(model, objective, tx, *, seed: int,
 
   def accumulate(state, batch, key, stage):
     a = grad_accum_steps
+    # Frozen parameters' gradients (zeros) as scalar stand-ins: no sums.
+    mask = _frozen_mask(state.params, frozen_at(stage))
     loss_at_stage = functools.partial(loss_fn, stage=stage)
     grad_fn = jax.value_and_grad(loss_at_stage, has_aux=True)
 
@@ -179,12 +243,12 @@ def make_train_step(model, objective, tx, *, seed: int,
       (_, (_, model_state, metrics)), grads = grad_fn(
           state.params, model_state, mb, state.objective_state,
           jax.random.fold_in(key, i), state.step)
-      grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+      grads_sum = jax.tree.map(jnp.add, grads_sum, _stand_in(grads, mask))
       metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
       return (grads_sum, metrics_sum, model_state), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+    zeros_g = _stand_in(jax.tree.map(jnp.zeros_like, state.params), mask)
     _, (_, _, metrics0) = jax.eval_shape(
         loss_at_stage, state.params, state.model_state, first,
         state.objective_state, key, state.step)
@@ -223,8 +287,10 @@ def make_train_step(model, objective, tx, *, seed: int,
     else:
       grads, objective_state, model_state, metrics = accumulate(
           state, batch, key, stage)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    frozen = frozen_at(stage)
+    grads = _stand_in(grads, _frozen_mask(state.params, frozen))  # zeros
+    params, opt_state = apply_optimizer(tx, grads, state.params,
+                                        state.opt_state, frozen)
     metrics = dict(metrics, grad_norm=_global_norm(grads),
                    param_norm=_global_norm(params))
     new_state = TrainState(step=state.step + 1, params=params,
