@@ -72,8 +72,9 @@ precomputed by the frozen autoencoder, and Adam updates only ``netE`` and
 ``netG``; ours is the step the trainer runs in phase 2 (the model's stage
 0: the frozen autoencoder's forward pass, no gradient of it). With
 ``--given_background`` ours reads the same precomputed background as a
-batch entry ``background`` instead, as the official phase 2 does (Adam
-still updates the whole state, the background's gradients zero).
+batch entry ``background`` instead, as the official phase 2 does. In
+both, Adam updates only the object networks (the autoencoder is the
+model's ``frozen_parameters`` of stage 0), as the official phase 2's.
 
 On a GPU (``--device=cuda``; ``auto``, the default, takes it when torch sees
 one) the official networks and images live on CUDA (torch's default device,
