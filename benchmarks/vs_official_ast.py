@@ -69,12 +69,16 @@ attention segmentation and the argmax of the masks) besides the losses.
 20,000 (background frozen, the entropy term at full weight): the official
 loop body reads the background (with its error channel) from the dataset,
 precomputed by the frozen autoencoder, and Adam updates only ``netE`` and
-``netG``; ours is the step the trainer runs in phase 2 (the model's stage
-0: the frozen autoencoder's forward pass, no gradient of it). With
-``--given_background`` ours reads the same precomputed background as a
-batch entry ``background`` instead, as the official phase 2 does. In
-both, Adam updates only the object networks (the autoencoder is the
-model's ``frozen_parameters`` of stage 0), as the official phase 2's.
+``netG``; ours is the model's stage 0 computing the background (the frozen
+autoencoder's forward pass, no gradient of it), the step our trainer runs
+in phase 2 without its input cache. With ``--given_background`` ours
+reads the same precomputed background as a batch entry ``background``
+instead, as the official phase 2 does and as our trainer does when its
+input cache is built (`ocjax.train.input_cache`: the background of each
+example computed once; ``benchmarks/input_cache.py`` times the trainer
+with and without it). In both, Adam updates only the object networks (the
+autoencoder is the model's ``frozen_parameters`` of stage 0), as the
+official phase 2's.
 
 On a GPU (``--device=cuda``; ``auto``, the default, takes it when torch sees
 one) the official networks and images live on CUDA (torch's default device,

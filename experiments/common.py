@@ -64,6 +64,13 @@ def base_config(*, model: ml_collections.ConfigDict,
   # of 4 images per device on a CPU and none elsewhere (and none for models
   # with batch statistics).
   c.train.grad_accum_steps = 0
+  # Compute the inputs a model's training stage derives from frozen
+  # parameters (its cached_inputs, e.g. AST-Seg's phase-2 background) once
+  # per training example, in <workdir>/input_cache, when the stage reads
+  # more examples than the split has (ocjax.train.input_cache); at most
+  # this many GiB on disk.
+  c.train.cache_inputs = True
+  c.train.cache_inputs_max_gb = 16.0
   # Stop (and checkpoint) after this many seconds of training; 0: no limit.
   # The same command continues the run.
   c.train.time_budget_s = 0.0

@@ -369,3 +369,19 @@ def test_conv_layers_beside_torch(capsys):
                            "--torch"]) == 0
   out = capsys.readouterr().out
   assert "model/torch" in out and ", PyTorch " in out
+
+
+@pytest.mark.slow
+def test_input_cache_times_the_trainer_with_and_without(capsys):
+  from benchmarks import input_cache as bench  # pylint: disable=g-import-not-at-top
+  from ocjax.train import input_cache  # pylint: disable=g-import-not-at-top
+  fill = input_cache.InputCache.fill
+  assert bench.main(["--config=experiments/ast_seg.py:paper,tiny",
+                     "--num_train=8", "--batch=4", "--steps=4",
+                     "--rounds=1",
+                     '--config.model.background_training="frozen"']) == 0
+  out = capsys.readouterr().out
+  assert "cache_inputs=True:" in out and "cache_inputs=False:" in out
+  assert "cache build (ordered pass over 8 examples)" in out
+  assert "batch look-up" in out
+  assert input_cache.InputCache.fill is fill  # put back

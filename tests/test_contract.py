@@ -80,6 +80,13 @@ def test_declarations(built):
   for stage in (None,) + tuple(range(len(stages) + 1)):
     frozen = step_lib.frozen_of(model, stage)
     assert isinstance(frozen, tuple) and set(frozen) <= set(params), frozen
+    # Cached inputs (`ocjax.train.input_cache`) come from frozen parameters
+    # and are entries the model's batch does not already carry.
+    cached = model.cached_inputs(stage)
+    assert isinstance(cached, tuple), cached
+    assert all(isinstance(n, str) for n in cached), cached
+    assert not cached or frozen, (stage, cached)
+    assert not set(cached) & set(model.dummy_batch(1)), cached
   # Built from its config section, field by field.
   assert type(model) is models.model_class(config.model.name)
 

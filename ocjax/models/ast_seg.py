@@ -307,6 +307,21 @@ class AstSeg(base.ObjectCentricModel):
       return ("background_ae",)
     return ()
 
+  def cached_inputs(self, stage: int | None = None) -> tuple[str, ...]:
+    """``background`` wherever the autoencoder is frozen (protocol): the
+    trainer computes it once per example, as the official phase 2 reads it
+    from disk (`ocjax.train.input_cache`)."""
+    return ("background",) if self.frozen_parameters(stage) else ()
+
+  def compute_cached_inputs(self, batch: dict[str, Array], *,
+                            stage: int | None = None) -> dict[str, Array]:
+    """``{"background": L_0 [B, H, W, 3]}`` of the frozen autoencoder,
+    the values `_background` computes."""
+    if not self.cached_inputs(stage):
+      raise ValueError(f"AST-Seg caches no inputs at stage {stage}.")
+    x = jnp.asarray(batch[self.input_key], self.dtype)
+    return {"background": self._autoencoder_background(x)}
+
   # ------------------------------------------------------------ settings
   @property
   def scaling_dim(self) -> int:
@@ -534,8 +549,7 @@ class AstSeg(base.ObjectCentricModel):
           "This AST-Seg model has no background autoencoder "
           "(model.background_model=False): the batch needs a 'background' "
           "entry [B, H, W, 3] (the frozen phase-1 model's output).")
-    out, _ = self.background_ae(x * 255)
-    bg = out[..., :3] / 255
+    bg = self._autoencoder_background(x)
     if self.background_training == "frozen":
       return jax.lax.stop_gradient(bg)
     if self.background_training == "curriculum" and stage is not None:
@@ -545,6 +559,11 @@ class AstSeg(base.ObjectCentricModel):
       frozen = step < self.background_freeze_steps
       return jnp.where(frozen, jax.lax.stop_gradient(bg), bg)
     return bg
+
+  def _autoencoder_background(self, x: Array) -> Array:
+    """``BG(BE(255 x)) / 255``: the autoencoder's background channels."""
+    out, _ = self.background_ae(x * 255)
+    return out[..., :3] / 255
 
   def _background_phase(self, x: Array) -> base.ModelOutput:
     """Phase 1: the background autoencoder alone, with its robust loss."""

@@ -41,6 +41,15 @@ module says: the model *declares*, as class attributes,
   first step they are frozen on; the trainer leaves them and their optimizer
   state out of the update (`ocjax.train.step.apply_optimizer`), e.g. the
   autoencoder of AST-Seg's phase 2.
+* ``cached_inputs(stage)`` (a method; default none): batch entries that the
+  training call at ``stage`` reads when the batch has them and otherwise
+  computes itself from each example alone (no batch statistics, no
+  randomness) with parameters frozen at that stage; the model's
+  ``compute_cached_inputs(batch, stage=)`` (a Linen method, called through
+  ``apply(..., method=...)``) computes them, ``[B, ...]`` each. The trainer
+  computes them once per example of a finite training set and reads them
+  back at every later visit (`ocjax.train.input_cache`), as AST-Seg's
+  official phase 2 reads the frozen background from disk.
 * ``predicts_frames`` (video models): ``__call__`` accepts
   ``observed_frames=n``; frames after the first n are predicted, not seen
   (``ocjax.eval.prediction``).
@@ -142,6 +151,19 @@ class ObjectCentricModel(nn.Module):
     (module doc); default none."""
     del stage
     return ()
+
+  def cached_inputs(self, stage: int | None = None) -> tuple[str, ...]:
+    """Batch entries the training call at ``stage`` may read precomputed
+    (module doc); default none."""
+    del stage
+    return ()
+
+  def compute_cached_inputs(self, batch: dict[str, Array], *,
+                            stage: int | None = None) -> dict[str, Array]:
+    """``{name: [B, ...]}`` for the names of ``cached_inputs(stage)``."""
+    raise NotImplementedError(
+        f"{type(self).__name__} declares cached_inputs({stage}) = "
+        f"{self.cached_inputs(stage)} but no compute_cached_inputs.")
 
   def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """Zeros shaped like the model's inputs (``image_size`` square RGB)."""

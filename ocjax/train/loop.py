@@ -25,6 +25,7 @@ import numpy as np
 import data_pipelines
 from ocjax import run as run_lib
 from ocjax.models import base
+from ocjax.train import input_cache
 from ocjax.train import mesh as mesh_lib
 from ocjax.train import step as step_lib
 from ocjax.train import workdir as workdir_lib
@@ -209,6 +210,8 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       grad_accum_steps=accum,
       state_sharding=mesh_lib.replicated(mesh),
       batch_sharding=batch_sharding)
+  # Inputs a stage computes from frozen parameters, once per example.
+  cache = input_cache.InputCache(run, workdir, batch_sharding=batch_sharding)
   vis_batch = example_batch(config, "test", size=8)
   writer = writers.Writer(workdir, enabled=jax.process_index() == 0,
                           config=config)
@@ -237,16 +240,19 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
         jax.profiler.start_trace(os.path.join(workdir, "tb"))
         tracing = True
       batch = next(batches)
-      device_batch = mesh_lib.to_global(run_lib.model_inputs(batch),
-                                        batch_sharding)
       # The model's stage (`step_lib.stage_of`): one compiled step each.
       stage = step_lib.stage_of(run.model, step)
-      if step == start or stage not in compiled_stages:
+      with progress.paused():  # Building a cache is not training time.
+        cache.prepare(state, stage, step)
+      inputs = cache.fill(run_lib.model_inputs(batch))
+      device_batch = mesh_lib.to_global(inputs, batch_sharding)
+      compiled = (stage, tuple(sorted(inputs)))
+      if step == start or compiled not in compiled_stages:
         # Compilation is not training time.
         with progress.paused():
           state, metrics = train_step(state, device_batch, stage=stage)
           jax.block_until_ready(metrics)
-        compiled_stages.add(stage)
+        compiled_stages.add(compiled)
       else:
         state, metrics = train_step(state, device_batch, stage=stage)
       finite = finite & jnp.isfinite(metrics["loss"]) & jnp.isfinite(
