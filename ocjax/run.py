@@ -251,6 +251,10 @@ def validate(config) -> Run:
   if float(tc.get("time_budget_s", 0) or 0) < 0:
     raise ConfigError(f"config.train.time_budget_s={tc.time_budget_s!r} is "
                      "invalid; expected >= 0 (0: no limit).")
+  if not float(tc.get("cache_inputs_max_gb", 16.0)) >= 0:
+    raise ConfigError(
+        f"config.train.cache_inputs_max_gb={tc.cache_inputs_max_gb!r} is "
+        "invalid; expected a number of GiB >= 0.")
   profile_window(tc)  # Raises a ConfigError naming the field.
   mode = tc.get("wandb_mode", "online")
   if mode not in ("online", "offline"):

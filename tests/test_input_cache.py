@@ -147,6 +147,23 @@ def test_built_only_when_it_pays_and_rebuilt_for_other_parameters(
               if f.endswith(".tmp")]
 
 
+def test_a_build_that_cannot_write_trains_on_without(tmp_path, monkeypatch,
+                                                      capsys):
+  run = run_lib.build(_config("frozen"))
+  mesh = mesh_lib.make_mesh()
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(np.lib.format, "open_memmap", full_disk)
+  cache = input_cache.InputCache(
+      run, str(tmp_path), batch_sharding=mesh_lib.batch_sharding(mesh))
+  cache.prepare(run.init_state(mesh), None, 0)
+  assert not cache.active
+  assert "No space left on device" in capsys.readouterr().out
+  assert not os.listdir(tmp_path / input_cache.CACHE_DIR)
+
+
 @pytest.mark.slow
 def test_the_trainer_with_the_cache_trains_as_without(tmp_path, monkeypatch):
   """Phase 2 (stage 0, 4 steps) reads the cache, built once and read back

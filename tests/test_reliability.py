@@ -182,6 +182,7 @@ def test_one_trainer_per_workdir(tmp_path):
     ({"train.checkpoint_every": 0}, "checkpoint_every"),
     ({"train.num_steps": 0}, "num_steps"),
     ({"data.image_size": 48}, "power of two"),
+    ({"train.cache_inputs_max_gb": -1.0}, "cache_inputs_max_gb"),
 ])
 def test_a_rejected_config_writes_nothing(tmp_path, override, match):
   workdir = str(tmp_path / "run")

@@ -129,7 +129,14 @@ class InputCache:
         writers.log("The cache in %s was built with other frozen parameters "
                     "or data; rebuilding it.", folder)
         shutil.rmtree(folder)
-      self._build(state, stage, names, meta, folder)
+      try:
+        self._build(state, stage, names, meta, folder)
+      except OSError as e:  # e.g. a full disk: train on without it
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+        writers.log("Could not write the cache in %s (%s); the model "
+                    "computes %s at every step.", folder, e,
+                    ", ".join(names))
+        return
     keys = np.load(os.path.join(folder, _KEYS))
     self.arrays = {n: np.load(os.path.join(folder, f"{n}.npy"), mmap_mode="r")
                    for n in names}
