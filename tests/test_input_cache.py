@@ -94,11 +94,44 @@ def test_batches_are_filled_only_when_every_row_is_cached(tmp_path):
     want = jax.device_get(compute(state.variables(), inputs))["background"]
     np.testing.assert_allclose(filled["background"], want, rtol=1e-5,
                                atol=1e-6)
-  # A row the ordered pass did not see: the batch goes on unchanged.
+  # A dataset's own entry wins.
+  own = dict(inputs, background=np.zeros_like(filled["background"]))
+  assert cache.fill(own) is own
+  # A row the ordered pass did not see: the batch goes on unchanged ...
   inputs = dict(inputs, image=inputs["image"].copy())
   inputs["image"][0, 0, 0, 0] += 0.5
   assert "background" not in cache.fill(inputs)
   assert (cache.hits, cache.misses) == (3, 1)
+  # ... and after 20 misses, more than hits, the stage stops looking up.
+  for _ in range(19):
+    cache.fill(inputs)
+  assert not cache.active and cache.misses == 20
+  # A complete run deletes its caches.
+  cache.finish()
+  assert not os.path.exists(tmp_path / input_cache.CACHE_DIR)
+
+
+def test_a_bfloat16_model_caches_float32(tmp_path):
+  config = _config("frozen")
+  with config.unlocked():
+    config.model.dtype = "bfloat16"
+  run = run_lib.build(config)
+  mesh = mesh_lib.make_mesh()
+  cache = input_cache.InputCache(
+      run, str(tmp_path), batch_sharding=mesh_lib.batch_sharding(mesh))
+  state = run.init_state(mesh)
+  cache.prepare(state, None, 0)
+  # The first batch of the ordered pass, computed as the pass computes it.
+  ds = data_pipelines.get_dataset(config.data, "train", batch_size=4,
+                                  seed=config.seed, repeat=False)
+  inputs = run_lib.model_inputs(next(data_pipelines.iterate(ds)))
+  filled = cache.fill(inputs)["background"]
+  assert filled.dtype == np.float32
+  compute = run.jit(lambda v, b: run.model.apply(
+      v, b, stage=None, method=type(run.model).compute_cached_inputs))
+  want = jax.device_get(compute(state.variables(), inputs))["background"]
+  assert want.dtype == jax.numpy.bfloat16
+  np.testing.assert_array_equal(filled, want.astype(np.float32))
 
 
 def test_built_only_when_it_pays_and_rebuilt_for_other_parameters(
@@ -142,6 +175,12 @@ def test_built_only_when_it_pays_and_rebuilt_for_other_parameters(
   cache = input_cache.InputCache(run, str(tmp_path), batch_sharding=sharding)
   cache.prepare(other, None, 0)
   assert cache.active and builds == [None, None]
+  # A complete cache is read back even where a new one would not pay (a
+  # run resumed late in its stage reads what it read before).
+  late = input_cache.InputCache(run_lib.build(_config("frozen", num_steps=2)),
+                                str(tmp_path), batch_sharding=sharding)
+  late.prepare(other, None, 0)
+  assert late.active and builds == [None, None]
   # An unfinished build is never read: only the complete folder counts.
   assert not [f for f in os.listdir(tmp_path / input_cache.CACHE_DIR)
               if f.endswith(".tmp")]
@@ -191,12 +230,19 @@ def test_the_trainer_with_the_cache_trains_as_without(tmp_path, monkeypatch):
   assert fills == [False] * 6 and not builds
   fills.clear()
   workdir = str(tmp_path / "cached")
-  config = _config("curriculum", num_train=4, num_steps=2, freeze=4)
-  loop.train(config, workdir)  # stopped in phase 2 ...
+  config = _config("curriculum", num_train=4, num_steps=6, freeze=4)
+  with config.unlocked():
+    config.train.checkpoint_every = 2
+
+  def kill(run, state, step, info):
+    del run, state, info
+    if step == 2:
+      raise KeyboardInterrupt("killed")
+
+  with pytest.raises(KeyboardInterrupt):  # killed in phase 2 ...
+    loop.train(config, workdir, hooks=[loop.Hook(1, kill)])
   assert os.path.isdir(os.path.join(workdir, input_cache.CACHE_DIR,
                                     "stage0"))
-  with config.unlocked():
-    config.train.num_steps = 6
   loop.train(config, workdir)  # ... and resumed there
   assert fills == [True] * 4 + [False] * 2
   assert builds == [0]

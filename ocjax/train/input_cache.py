@@ -15,21 +15,30 @@ of the (finite) training split and reads them back:
   examples' keys), unless one built with the same frozen parameters, data
   config and names is there. A build is written to a temporary folder and
   renamed when complete: a killed build starts again, a complete one is
-  reused after a resume.
+  reused after a resume (even where a new build would no longer pay, so a
+  resumed run reads what the uninterrupted one read).
 * Each training batch is looked up by the digest of each row's model
   inputs (so no pipeline has to carry example indices): when every row is
   cached the entries are added to the batch, and the model reads them
   instead of computing them; otherwise the batch goes on unchanged (the
-  model computes them, with the same values).
+  model computes them), and after 20 such batches, more than hits, the
+  stage stops looking up. A dataset's own entry of that name wins.
 * It builds only when it pays: when the stage's remaining steps read more
   examples than the split has (``steps * batch > N``), the cache fits in
-  ``train.cache_inputs_max_gb``, and there is one process. It is off with
-  ``train.cache_inputs=False``; the folder is deleted when its stage ends.
+  ``train.cache_inputs_max_gb`` and on the disk (1 GiB to spare), and
+  there is one process. It is off with
+  ``train.cache_inputs=False``; the folder is deleted when its stage ends
+  or the run completes, and rebuilt when the frozen parameters, the model
+  or data config or the model's source file differ. A build is not
+  training time (``time_budget_s`` does not count it).
+* Values are those of the model's own computation, batched differently:
+  equal up to float rounding, not bit for bit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -46,6 +55,10 @@ from ocjax.train import step as step_lib
 from ocjax.train import writers
 
 CACHE_DIR = "input_cache"
+# Left free on the disk beside a new cache.
+_DISK_MARGIN = 2**30
+# Misses (more than hits) after which a stage stops looking batches up.
+_GIVE_UP_MISSES = 20
 _KEYS = "keys.npy"
 _META = "meta.json"
 
@@ -114,7 +127,7 @@ class InputCache:
     self._remove_others(f"stage{stage}" if names else None)
     if not names:
       return
-    why = self._why_not(state, stage, step, names)
+    why = self._why_not_at_all()
     if why:
       writers.log("Not caching %s (stage %s): %s.", ", ".join(names), stage,
                   why)
@@ -122,13 +135,20 @@ class InputCache:
     meta = self._meta(state, stage, names)
     folder = self._stage_dir(stage)
     if os.path.isdir(folder) and _read_meta(folder) == meta:
+      # Read back even where a new build would not pay: a resumed run
+      # reads what the uninterrupted one read.
       writers.log("Reading the cached %s of stage %s from %s.",
                   ", ".join(names), stage, folder)
     else:
       if os.path.isdir(folder):
-        writers.log("The cache in %s was built with other frozen parameters "
-                    "or data; rebuilding it.", folder)
+        writers.log("The cache in %s was built with other frozen parameters, "
+                    "data or model code; removing it.", folder)
         shutil.rmtree(folder)
+      why = self._why_not(state, stage, step, names)
+      if why:
+        writers.log("Not caching %s (stage %s): %s.", ", ".join(names),
+                    stage, why)
+        return
       try:
         self._build(state, stage, names, meta, folder)
       except OSError as e:  # e.g. a full disk: train on without it
@@ -145,15 +165,19 @@ class InputCache:
       self.index.setdefault(key.tobytes(), i)
     self.names = names
 
-  def _why_not(self, state, stage, step: int, names) -> str:
-    """Why the cache of ``stage`` would not pay (or cannot be); "" if it
-    would."""
-    config, model = self.run.config, self.run.model
-    tc = config.train
-    if not tc.get("cache_inputs", True):
+  def _why_not_at_all(self) -> str:
+    """Why this run uses no cache at all; "" if it may."""
+    if not self.run.config.train.get("cache_inputs", True):
       return "train.cache_inputs is False"
     if jax.process_count() > 1:
       return "the cache is built by a single process"
+    return ""
+
+  def _why_not(self, state, stage, step: int, names) -> str:
+    """Why a new cache of ``stage`` would not pay (or does not fit); "" if
+    it would."""
+    config, model = self.run.config, self.run.model
+    tc = config.train
     n = data_pipelines.num_examples(config.data, "train")
     boundaries = tuple(getattr(model, "training_stages", tuple)())
     later = [b for b in boundaries if b > step]
@@ -162,16 +186,23 @@ class InputCache:
     if reads <= n:
       return (f"the stage's {end - step} remaining steps read {reads} "
               f"examples, no more than the {n} of the training split")
-    size = n * sum(int(np.prod(s.shape[1:])) * np.dtype(s.dtype).itemsize
+    size = n * sum(int(np.prod(s.shape[1:])) * s.dtype.itemsize
                    for s in self._shapes(state, names, stage).values())
     limit = float(tc.get("cache_inputs_max_gb", 16.0)) * 2**30
     if size > limit:
       return (f"it would take {size / 2**30:.1f} GiB, more than "
               f"train.cache_inputs_max_gb={tc.get('cache_inputs_max_gb')}")
+    # Writing through a memory map to a full disk kills the process.
+    free = shutil.disk_usage(os.path.dirname(self.root)).free
+    if size + _DISK_MARGIN > free:
+      return (f"it would take {size / 2**30:.2f} GiB and the disk of "
+              f"{self.root} has {free / 2**30:.2f} GiB free")
     return ""
 
   def _shapes(self, state, names, stage) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shape and dtype of each entry for a batch of one."""
+    """Shape and storage dtype of each entry for a batch of one (float32
+    for dtypes NumPy cannot save, e.g. bfloat16: exact, and the model casts
+    back)."""
     model = self.run.model
     out = jax.eval_shape(self._compute_fn(stage), state.variables(),
                          model.dummy_batch(1))
@@ -180,7 +211,8 @@ class InputCache:
           f"{type(model).__name__}.compute_cached_inputs(stage={stage}) "
           f"returned {sorted(out)}; cached_inputs({stage}) declares "
           f"{sorted(names)}.")
-    return out
+    return {k: jax.ShapeDtypeStruct(v.shape, _storage_dtype(v.dtype))
+            for k, v in out.items()}
 
   def _compute_fn(self, stage):
     model = self.run.model
@@ -201,7 +233,8 @@ class InputCache:
         "frozen_params": params_digest(state.params, frozen),
         "model": json.loads(config.model.to_json_best_effort(sort_keys=True)),
         "data": json.loads(config.data.to_json_best_effort(sort_keys=True)),
-        "seed": int(config.seed)}
+        "seed": int(config.seed),
+        "model_code": _source_digest(type(self.run.model))}
 
   def _build(self, state, stage, names, meta, folder) -> None:
     """One ordered pass over the training split into ``folder``."""
@@ -225,21 +258,25 @@ class InputCache:
     writers.log("Caching %s of stage %s for the %d training examples in %s.",
                 ", ".join(names), stage, n, folder)
     t0 = time.time()
-    position = 0
+    position = 0  # examples written
     for batch in data_pipelines.iterate(ds):
       valid = np.asarray(batch["valid"], bool)
       inputs = run_lib.model_inputs(batch)
+      rows = np.flatnonzero(valid)  # the leading rows (one process)
+      if position + rows.size > n:
+        raise RuntimeError(f"The training split gave more than its {n} "
+                           "examples in its ordered pass.")
       values = jax.device_get(compute(
           variables, mesh_lib.to_global(inputs, self.batch_sharding)))
-      rows = np.flatnonzero(valid)
       at = position + np.arange(rows.size)
-      digests = row_digests(inputs)
+      digests = row_digests(inputs, skip=names)
       keys[at] = np.frombuffer(b"".join(digests[i] for i in rows),
                                np.uint8).reshape(-1, 16)
       for name in names:
-        out[name][at] = np.asarray(values[name])[rows]
-      position += batch_size
-    if position < n:
+        out[name][at] = np.asarray(values[name])[rows].astype(
+            out[name].dtype)
+      position += rows.size
+    if position != n:
       raise RuntimeError(f"The training split gave {position} examples in "
                          f"its ordered pass; it has {n}.")
     for a in out.values():
@@ -266,12 +303,18 @@ class InputCache:
     if keep is None:
       shutil.rmtree(self.root, ignore_errors=True)
 
+  def finish(self) -> None:
+    """The run is complete: deletes every cache (a longer run builds it
+    again)."""
+    self.index, self.arrays = {}, {}
+    self._remove_others(None)
+
   # ------------------------------------------------------------- batches
   def fill(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``inputs`` (host model inputs) with the cached entries added when
     every row is cached; unchanged otherwise."""
-    if not self.index:
-      return inputs
+    if not self.index or any(n in inputs for n in self.names):
+      return inputs  # (a dataset's own entries win)
     rows = [self.index.get(d) for d in row_digests(inputs, skip=self.names)]
     if any(r is None for r in rows):
       self.misses += 1
@@ -279,11 +322,31 @@ class InputCache:
         writers.log("A training batch has examples that the cache's pass "
                     "did not see (random augmentation?): the model computes "
                     "%s itself for such batches.", ", ".join(self.names))
+      if self.misses >= _GIVE_UP_MISSES and self.misses > self.hits:
+        writers.log("%d of %d training batches missed the cache: not "
+                    "looking batches up any more in this stage.",
+                    self.misses, self.misses + self.hits)
+        self.index, self.arrays = {}, {}
       return inputs
     self.hits += 1
     rows = np.asarray(rows)
     return dict(inputs, **{n: np.asarray(a[rows]) for n, a in
                            self.arrays.items()})
+
+
+def _storage_dtype(dtype) -> np.dtype:
+  dtype = np.dtype(dtype)
+  return dtype if dtype.isbuiltin == 1 else np.dtype(np.float32)
+
+
+def _source_digest(cls) -> str:
+  """Digest of the file that defines ``cls`` (a cache built by other model
+  code is not reused)."""
+  try:
+    with open(inspect.getsourcefile(cls), "rb") as f:
+      return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+  except (OSError, TypeError):
+    return ""
 
 
 def _read_meta(folder: str) -> dict[str, Any] | None:

@@ -326,6 +326,8 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
                     "spent (the same command continues the run).", step,
                     budget)
         break
+    if step >= tc.num_steps:  # complete: its caches are not needed
+      cache.finish()
   finally:
     if tracing:
       jax.profiler.stop_trace()
