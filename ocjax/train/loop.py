@@ -242,8 +242,9 @@ def _train(run: run_lib.Run, workdir: str, hooks: Sequence[Hook],
       batch = next(batches)
       # The model's stage (`step_lib.stage_of`): one compiled step each.
       stage = step_lib.stage_of(run.model, step)
-      with progress.paused():  # Building a cache is not training time.
-        cache.prepare(state, stage, step)
+      if stage != cache.stage:  # Building a cache is not training time.
+        with progress.paused():
+          cache.prepare(state, stage, step)
       inputs = cache.fill(run_lib.model_inputs(batch))
       device_batch = mesh_lib.to_global(inputs, batch_sharding)
       compiled = (stage, tuple(sorted(inputs)))
