@@ -121,6 +121,7 @@ class InputCache:
     if stage == self.stage:
       return
     self.stage, self.names, self.arrays, self.index = stage, (), {}, {}
+    self.hits = self.misses = 0  # counted per stage
     model = self.run.model
     declared = getattr(model, "cached_inputs", None)
     names = tuple(declared(stage)) if declared is not None else ()
