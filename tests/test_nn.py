@@ -350,6 +350,30 @@ def test_stride2_convolution_gradients_are_dense(size, k, padding):
   assert ((2, 2), (1, 1)) in _conv_dilations(reference.jaxpr)
 
 
+@pytest.mark.parametrize("size,k,p,col2im", [
+    (8, 5, 2, True), (6, 3, 1, True), (8, 3, 0, False), (7, 5, 2, False),
+    (10, 5, 1, False)])
+def test_stride2_odd_kernel_input_gradient(size, k, p, col2im):
+  """A stride-2 convolution with an odd kernel on CPU: where its input
+  gradient is a doubling transposed convolution, col2im computes it (no
+  zero-interleaved ``dy``); values and gradients equal XLA's either way."""
+  rng = np.random.default_rng(size + k)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+  padding = ((p, p), (p, p))
+  lax_conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (2, 2), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, w: conv.conv2d(x, w, padding, (2, 2), small_maps=False)
+  np.testing.assert_allclose(ours(x, w), lax_conv(x, w), rtol=1e-5,
+                             atol=1e-5)
+  loss = lambda fn: lambda x, w: jnp.sum(jnp.sin(fn(x, w)))
+  for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(x, w),
+                  jax.grad(loss(lax_conv), argnums=(0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  dx_jaxpr = jax.make_jaxpr(jax.grad(loss(ours)))(x, w)
+  assert (((2, 2), (1, 1)) not in _conv_dilations(dx_jaxpr.jaxpr)) == col2im
+
+
 @pytest.mark.parametrize("size,k,stride,padding", [
     (2, 3, 1, ((1, 1), (1, 1))), (8, 4, 2, ((1, 1), (1, 1))),
     (5, 3, 2, ((0, 2), (2, 0))), (6, 3, 1, ((-1, 1), (1, -1))),

@@ -28,7 +28,9 @@ XLA's convolution is slow in two places that our models hit:
   same convolution as a dense stride-1 one over the space-to-depth image
   (`space_to_depth_operands`), the forward pass staying XLA's. The U-Net's
   first downsampling (``[8, 64, 64, 80]``, 4x4 to 128 channels): both
-  gradients 27 against 58 ms (2026-12-08).
+  gradients 27 against 58 ms (2026-12-08). With an odd kernel (AST-Seg's
+  background encoder, 5x5) the input gradient is the transposed
+  convolution of ``dy`` as col2im (`_odd_kernel_transposes`).
 
 Elsewhere (other backends, larger maps) it is ``lax.conv_general_dilated``.
 """
@@ -154,13 +156,40 @@ def _stride2_conv_fwd(x, kernel, padding):
 
 def _stride2_conv_bwd(padding, res, dy):
   x, kernel = res
+  kh, kw = kernel.shape[:2]
+  if kh % 2 == 0 and kw % 2 == 0:
+    def dense(x, kernel):
+      xs, ks = space_to_depth_operands(x, kernel, padding)
+      return _lax_conv(xs, ks, ((0, 0), (0, 0)), (1, 1))
 
-  def dense(x, kernel):
-    xs, ks = space_to_depth_operands(x, kernel, padding)
-    return _lax_conv(xs, ks, ((0, 0), (0, 0)), (1, 1))
+    _, vjp = jax.vjp(dense, x, kernel)
+    return vjp(dy)
+  # An odd kernel (`_odd_kernel_transposes`): dx is the transposed
+  # convolution of dy, as col2im; dkernel XLA's.
+  from ocjax.nn import conv_transpose  # pylint: disable=g-import-not-at-top
+  p = padding[0][0]
+  dx = conv_transpose.conv_transpose_col2im(
+      dy, jnp.swapaxes(kernel, 2, 3), p, 2 - kh + 2 * p)
+  _, vjp = jax.vjp(lambda k: _lax_conv(x, k, padding, (2, 2)), kernel)
+  (dkernel,) = vjp(dy)
+  return dx.astype(x.dtype), dkernel
 
-  _, vjp = jax.vjp(dense, x, kernel)
-  return vjp(dy)
+
+def _odd_kernel_transposes(x: Array, kernel: Array, padding) -> bool:
+  """Whether the input gradient of a stride-2 convolution with an odd
+  kernel is a doubling transposed convolution of ``dy`` (square kernel,
+  one padding ``p`` on every side, ``k - 2 p`` in {1, 2}, even input):
+  `ocjax.nn.conv_transpose.conv_transpose_col2im`. XLA's own input gradient
+  (a convolution over a zero-interleaved ``dy``) of AST-Seg's background
+  encoder's 5x5 convolutions took 10.2, 11.8 and 34.1 ms on its 32x32,
+  16x16 and 8x8 maps (batch 8), col2im 8.1, 9.6 and 3.8 (2026-12-08)."""
+  kh, kw = kernel.shape[:2]
+  (ly, hy), (lx, hx) = padding
+  _, h, w, _ = x.shape
+  return (kh == kw and kh % 2 == 1 and ly == hy == lx == hx
+          and kh - 2 * ly in (1, 2) and h % 2 == 0 and w % 2 == 0
+          and _output_size(h, kh, 2, ly, hy) == h // 2
+          and _output_size(w, kw, 2, lx, hx) == w // 2)
 
 
 _stride2_conv.defvjp(_stride2_conv_fwd, _stride2_conv_bwd)
@@ -188,8 +217,9 @@ def conv2d(x: Array, kernel: Array, padding: Padding,
   if (cpu if small_maps is None else small_maps) and (
       ho * wo <= SMALL_MAP_PIXELS):
     return _matmul_conv(x, kernel, padding, strides)
-  if (cpu and tuple(strides) == (2, 2) and kh % 2 == 0 and kw % 2 == 0
-      and 0 <= min(ly, lx)):
+  if cpu and tuple(strides) == (2, 2) and (
+      (kh % 2 == 0 and kw % 2 == 0 and 0 <= min(ly, lx))
+      or _odd_kernel_transposes(x, kernel, padding)):
     return _stride2_conv(x, kernel, tuple(map(tuple, padding)))
   if (matmul_grad and tuple(strides) == (1, 1)
       and 0 <= min(ly, hy, lx, hx) and max(ly, hy) < kh and max(lx, hx) < kw):
