@@ -17,12 +17,7 @@ against the kernel gradient as a matmul (`conv2d`'s ``matmul_grad``; stride 1
 only; on small maps the matmul forward, differentiated). The column
 ``model`` says which of the two the model's call uses on a CPU: where the
 other is much faster, that layer is the place to look. GFLOP/s count the
-forward's multiply-adds, three times that for a gradient. ``--grad`` leaves
-out stride-2 convolutions on maps larger than `conv.SMALL_MAP_PIXELS`
-(their gradients on a CPU are dense space-to-depth convolutions, `conv2d`)
-and the phase convolutions of transposed convolutions with ``strided_grad``
-(the model never differentiates them; their gradients are a stride-2
-convolution's, `ocjax.nn.conv_transpose`).
+forward's multiply-adds, three times that for a gradient.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import argparse
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
@@ -61,14 +55,10 @@ def record_convolutions(experiment: str, batch_size: int) -> list[dict]:
   calls, original = [], conv.conv2d
 
   def recording(x, kernel, padding, strides=(1, 1), **kwargs):
-    # Under a transposed convolution's `strided_grad` the model never
-    # differentiates this call (`conv_transpose._strided_grads`).
-    forward_only = any(frame.name == "_strided_grads_impl"
-                       for frame in traceback.extract_stack())
     call = dict(x=tuple(x.shape), kernel=tuple(kernel.shape),
                 padding=tuple(map(tuple, padding)), strides=tuple(strides),
                 matmul_grad=bool(kwargs.get("matmul_grad", False)),
-                dtype=jnp.dtype(x.dtype).name, forward_only=forward_only)
+                dtype=jnp.dtype(x.dtype).name)
     if call not in calls:
       calls.append(call)
     return original(x, kernel, padding, strides, **kwargs)
@@ -194,8 +184,6 @@ def main(argv=None) -> int:
   for i, call in enumerate(calls):
     if args.grad and call["strides"] != (1, 1) and not small_map(call):
       continue  # matmul_grad is for stride 1 only
-    if args.grad and call["forward_only"]:
-      continue  # its gradient is a stride-2 convolution's
     kx, kk = jax.random.split(jax.random.fold_in(key, i))
     dtype = jnp.dtype(call["dtype"])
     x = jax.random.normal(kx, call["x"], dtype)

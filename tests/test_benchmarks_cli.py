@@ -327,10 +327,6 @@ def test_conv_layers_times_each_convolution_of_a_model(capsys, grad):
   # The U-Net's convolutions, among them a small map's (a matmul on CPU).
   assert len(calls) >= 4 and all(c["x"][0] >= 2 for c in calls)
   assert any(conv_layers.small_map(c) for c in calls)
-  # The phase convolutions of its transposed convolutions, which the model
-  # differentiates as stride-2 convolutions on CPU (`strided_grad`).
-  assert any(c["forward_only"] and c["kernel"][:2] == (2, 2) for c in calls)
-  assert not any(c["forward_only"] and c["strides"] != (1, 1) for c in calls)
   small = next(i for i, c in enumerate(calls) if conv_layers.small_map(c))
   argv = ["--config=experiments/ast_seg.py:quick,tiny", "--batch=2",
           "--rounds=1", f"--layers={small + 1}"] + (["--grad"] if grad else [])

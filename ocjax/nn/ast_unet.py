@@ -103,9 +103,8 @@ class ConvTranspose(nn.Module):
     x = x.astype(self.dtype)
     oph, opw = self.output_padding
     if oph == opw and k - 2 * p + oph == 2:
-      cpu = jax.default_backend() == "cpu"
       return conv_transpose.conv_transpose_subpixel(
-          x, kernel, p, oph, matmul_grad=cpu, strided_grad=cpu)
+          x, kernel, p, oph, matmul_grad=jax.default_backend() == "cpu")
     lo = k - 1 - p
     flipped = kernel[::-1, ::-1].astype(self.dtype)
     return jax.lax.conv_general_dilated(

@@ -87,8 +87,7 @@ def _taps(kernel: Array, axis: int, taps: list[int]) -> Array:
 
 def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
                             output_padding: int, *,
-                            matmul_grad: bool = False,
-                            strided_grad: bool = False) -> Array:
+                            matmul_grad: bool = False) -> Array:
   """Stride-2 transposed convolution as phase convolutions (module doc).
 
   When both phases of an axis have as many taps and phase 1's offsets are
@@ -104,13 +103,9 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
   output_padding == 2``) are supported: the usual "upsample by two"
   deconvolution.
   ``matmul_grad``: kernel gradients as matmuls (`ocjax.nn.conv.conv2d`).
-  ``strided_grad`` (even kernels; ignored for odd ones): the gradients as
-  those of the stride-2 convolution this one transposes (`_strided_grads`).
   """
   k = _doubling_kernel(kernel, padding, output_padding,
                        "conv_transpose_subpixel")
-  if strided_grad and k % 2 == 0:
-    return _strided_grads(x, kernel, padding, output_padding)
   kernel = kernel.astype(x.dtype)
   b, h, w, _ = x.shape
   c_in, c_out = kernel.shape[2:]
@@ -140,43 +135,6 @@ def conv_transpose_subpixel(x: Array, kernel: Array, padding: int,
                                matmul_grad=matmul_grad))
       phases.append(row)
   return _interleave(phases)
-
-
-def _strided_grads_impl(x, kernel, padding, output_padding):
-  return conv_transpose_subpixel(x, kernel, padding, output_padding)
-
-
-# The transposed convolution ``y = T(x, kernel)`` is the transpose in ``z``
-# of the stride-2 correlation ``c(z, kernel^T)`` (``kernel^T``: in and out
-# channels swapped; padding ``p`` low, ``k - 2 - p`` high). So ``dx = c(dy,
-# kernel^T)`` and ``dkernel^T`` is the kernel gradient of ``c`` at ``dy``
-# with cotangent ``x``: `ocjax.nn.conv.conv2d`'s stride-2 convolution and its
-# dense (space-to-depth) kernel gradient on CPU. On AST-Seg's U-Net (batch 8,
-# 32x32 -> 64x64, 256 -> 80 channels) both gradients took 46 ms against 83
-# ms through the phase convolution with `matmul_grad` (2026-12-08).
-_strided_grads = jax.custom_vjp(_strided_grads_impl, nondiff_argnums=(2, 3))
-
-
-def _strided_grads_fwd(x, kernel, padding, output_padding):
-  return _strided_grads_impl(x, kernel, padding, output_padding), (x, kernel)
-
-
-def _strided_grads_bwd(padding, output_padding, res, dy):
-  del output_padding  # implied by the kernel and padding (doubling)
-  x, kernel = res
-  k = kernel.shape[0]
-  pads = ((padding, k - 2 - padding),) * 2
-
-  def strided(kernel_t):  # c(dy, kernel^T): [B, H, W, C_in]
-    return conv.conv2d(dy, kernel_t, pads, (2, 2))
-
-  dx, vjp = jax.vjp(strided, jnp.swapaxes(kernel, 2, 3))
-  (dkernel_t,) = vjp(x.astype(dx.dtype))
-  return dx.astype(x.dtype), jnp.swapaxes(dkernel_t, 2, 3).astype(
-      kernel.dtype)
-
-
-_strided_grads.defvjp(_strided_grads_fwd, _strided_grads_bwd)
 
 
 def _tap_matrix(kernel: Array) -> Array:
